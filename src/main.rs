@@ -1,1 +1,158 @@
-fn main() {}
+//! The `upframe` binary: parse the command line, run the library, print a summary, and map the
+//! outcome to the documented exit code.
+
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use upframe::bench::BenchPlan;
+use upframe::cli::{BenchArgs, Cli, Command};
+use upframe::error::Error;
+use upframe::model::BUILT_IN;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    // Backend panics (device loss, out of memory) are caught and reported as one line; the
+    // default hook would print a backtrace banner first.
+    if std::env::var_os("UPFRAME_DEBUG").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
+    let _ = ctrlc::set_handler(|| {
+        if upframe_interrupted_twice() {
+            std::process::exit(130);
+        }
+        upframe::interrupt();
+    });
+    let outcome = catch_unwind(AssertUnwindSafe(|| run(cli)));
+    let code = match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("upframe: error: {e}");
+            e.exit_code()
+        }
+        Err(payload) => {
+            eprintln!(
+                "upframe: internal error: {} (rerun with UPFRAME_DEBUG=1 for details)",
+                upframe::panic_message(&payload)
+            );
+            1
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn upframe_interrupted_twice() -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ONCE: AtomicBool = AtomicBool::new(false);
+    ONCE.swap(true, Ordering::SeqCst)
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Some(Command::Models) => {
+            for (name, about) in BUILT_IN {
+                println!("{name:<22} {about}");
+            }
+            println!("{:<22} any ncnn model built from supported layers (Real-ESRGAN x4plus, x4plus-anime, ...)", "PATH.param");
+            Ok(())
+        }
+        Some(Command::Devices) => {
+            print!("{}", upframe::describe_devices());
+            Ok(())
+        }
+        Some(Command::Bench(args)) => bench(args),
+        None => {
+            let quiet = cli.quiet;
+            let config = cli.into_config()?;
+            let s = upframe::run(&config)?;
+            if !quiet {
+                let secs = s.elapsed.as_secs_f64();
+                let target = match s.outputs.as_slice() {
+                    [one] => one.display().to_string(),
+                    _ => config.output.display().to_string(),
+                };
+                eprintln!(
+                    "Done: {} image(s) x{} with {} in {:.2} s ({:.2} MP/s) on {} [{}, {}] -> {}",
+                    s.files,
+                    s.scale,
+                    s.model,
+                    secs,
+                    s.input_pixels as f64 / 1e6 / secs.max(1e-9),
+                    s.device,
+                    s.backend,
+                    s.precision,
+                    target
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<(), Error> {
+    let model = upframe::model::load(&args.model, None)?;
+    let plan = BenchPlan {
+        backend: args.backend.choice(),
+        device: args.device,
+        precision: args.precision,
+        sizes: args.sizes,
+        small: args.small,
+        runs: args.runs,
+    };
+    let flop = upframe::bench::flop_per_pixel(&model);
+    println!(
+        "model {} (x{}), {:.4} MFLOP per input pixel, median of {} runs after warm-up",
+        model.name,
+        model.scale,
+        flop / 1e6,
+        plan.runs
+    );
+    println!(
+        "{:<6} {:<5} {:>10} {:>9} {:>9} {:>8}  device",
+        "backend", "prec", "input", "ms", "fps", "TFLOP/s"
+    );
+    let mut json = Vec::new();
+    upframe::bench::run(&model, &plan, |r| {
+        println!(
+            "{:<7} {:<5} {:>10} {:>9.2} {:>9.1} {:>8.1}  {}",
+            r.backend.to_string(),
+            r.precision.to_string(),
+            format!("{}x{}", r.width, r.height),
+            r.median.as_secs_f64() * 1e3,
+            r.fps(),
+            r.tflops(flop),
+            r.device
+        );
+        json.push(serde_json::json!({
+            "backend": r.backend.to_string(), "device": r.device, "precision": r.precision.to_string(),
+            "width": r.width, "height": r.height, "median_ms": r.median.as_secs_f64() * 1e3,
+            "min_ms": r.min.as_secs_f64() * 1e3, "fps": r.fps(), "tflops": r.tflops(flop), "runs": r.runs,
+        }));
+    })?;
+    if let Some(path) = args.json {
+        let text: String = json.iter().map(|j| format!("{j}\n")).collect();
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Info,
+        (false, 1) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .filter_module("upframe", level)
+        .parse_default_env()
+        .format(|buf, record| {
+            let level = record.level().to_string().to_lowercase();
+            writeln!(buf, "upframe: {level}: {}", record.args())
+        })
+        .init();
+}

@@ -1,0 +1,217 @@
+//! The command line: clap definitions, whose doc comments are the `--help` text, and their
+//! validation into a `Config` before any work starts.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::backend::{BackendChoice, BackendKind};
+use crate::error::{Error, Result};
+use crate::model::DEFAULT_MODEL;
+use crate::upscale::TileSize;
+
+const AFTER_HELP: &str = "\
+Examples:
+  upframe photo.png -o photo-x4.png
+  upframe frames/ -o upscaled/ --format png
+  upframe art.jpg -o art.png --model bicubic --scale 2
+  upframe art.png -o art-x4.png --model ./realesrgan-x4plus-anime.param
+
+Exit codes:
+  0    success
+  1    failure while running (device error, cannot write the output)
+  2    usage or input error (bad option, missing or unreadable input, output exists, bad model)
+  130  interrupted (Ctrl-C); no partial output is left behind";
+
+/// AI upscaling of images and folders of images with Real-ESRGAN-family models, on CUDA, any
+/// Vulkan/Metal/DX12 GPU through wgpu, or the CPU.
+#[derive(Debug, Parser)]
+#[command(name = "upframe", version, after_help = AFTER_HELP)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Input image (.png, .jpg, .jpeg, .webp) or folder of images (searched recursively)
+    #[arg(required = true)]
+    pub input: Option<PathBuf>,
+
+    /// Output image, or folder when the input is a folder; its extension picks the format
+    #[arg(short, long, required = true)]
+    pub output: Option<PathBuf>,
+
+    /// Replace outputs that already exist
+    #[arg(short = 'y', long)]
+    pub overwrite: bool,
+
+    /// Model: a built-in name (see `upframe models`) or an ncnn .param file with its .bin beside it
+    #[arg(short, long, default_value = DEFAULT_MODEL, help_heading = "Model")]
+    pub model: String,
+
+    /// Upscale factor; below the model's own, its output is scaled down with bicubic
+    /// [default: the model's own, 4 for the built-in resizes]
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..=16), help_heading = "Model")]
+    pub scale: Option<u16>,
+
+    /// Compute backend: auto takes CUDA on NVIDIA, else the best wgpu GPU, else the CPU
+    #[arg(short, long, value_enum, default_value_t = BackendArg::Auto, help_heading = "Device")]
+    pub backend: BackendArg,
+
+    /// Device index within the backend (see `upframe devices`)
+    #[arg(long, help_heading = "Device")]
+    pub device: Option<usize>,
+
+    /// Arithmetic precision: auto is fp16 on GPUs that support it, fp32 elsewhere
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto, help_heading = "Device")]
+    pub precision: PrecisionArg,
+
+    /// Tile side in input pixels for large images; 0 picks it from device memory.
+    /// Tiles overlap by the model's receptive field, so they leave no seams
+    #[arg(short, long, default_value_t = 0, help_heading = "Device")]
+    pub tile: usize,
+
+    /// Output format for folders (png, jpg, webp) [default: each input's own]
+    #[arg(long, value_parser = ["png", "jpg", "jpeg", "webp"], help_heading = "Output")]
+    pub format: Option<String>,
+
+    /// JPEG quality, 1-100
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100), help_heading = "Output")]
+    pub quality: u8,
+
+    /// Print only errors
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print more detail (repeat for debug output)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the built-in models
+    Models,
+    /// List the devices each backend sees
+    Devices,
+    /// Model-only speed on this machine's devices (input kept on the device)
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Model to time (as for upscaling)
+    #[arg(short, long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Backend: auto times every GPU found (CUDA and wgpu), or the CPU when there is none
+    #[arg(short, long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+
+    /// Device index within the backend
+    #[arg(long)]
+    pub device: Option<usize>,
+
+    /// Precision: auto times fp16 (where supported) and fp32
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
+    pub precision: PrecisionArg,
+
+    /// Input sizes on GPUs, WxH, comma-separated
+    #[arg(long, default_value = "640x480,1920x1080", value_delimiter = ',', value_parser = parse_size)]
+    pub sizes: Vec<(usize, usize)>,
+
+    /// Input size on the CPU and software Vulkan, which are far slower
+    #[arg(long, default_value = "160x120", value_parser = parse_size)]
+    pub small: (usize, usize),
+
+    /// Timed runs per case (the median is reported)
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub runs: usize,
+
+    /// Also write the rows as JSON lines to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("'{s}' is not WxH"))?;
+    let w: usize = w.parse().map_err(|_| format!("'{w}' is not a width"))?;
+    let h: usize = h.parse().map_err(|_| format!("'{h}' is not a height"))?;
+    if w == 0 || h == 0 {
+        return Err("sizes must be positive".into());
+    }
+    Ok((w, h))
+}
+
+impl BackendArg {
+    pub fn choice(self) -> BackendChoice {
+        match self {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Cuda => BackendChoice::Only(BackendKind::Cuda),
+            BackendArg::Wgpu => BackendChoice::Only(BackendKind::Wgpu),
+            BackendArg::Cpu => BackendChoice::Only(BackendKind::Cpu),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Auto,
+    Cuda,
+    Wgpu,
+    Cpu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    Auto,
+    Fp16,
+    Fp32,
+}
+
+/// A validated upscale request.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub overwrite: bool,
+    pub model: String,
+    pub scale: Option<usize>,
+    pub backend: BackendChoice,
+    pub device: Option<usize>,
+    pub precision: PrecisionArg,
+    pub tile: TileSize,
+    pub format: Option<String>,
+    pub jpeg_quality: u8,
+    pub quiet: bool,
+}
+
+impl Cli {
+    pub fn into_config(self) -> Result<Config> {
+        let (Some(input), Some(output)) = (self.input, self.output) else {
+            return Err(Error::Usage("an input and -o OUTPUT are required".into()));
+        };
+        let format = self
+            .format
+            .map(|f| if f == "jpeg" { "jpg".into() } else { f });
+        Ok(Config {
+            input,
+            output,
+            overwrite: self.overwrite,
+            model: self.model,
+            scale: self.scale.map(usize::from),
+            backend: self.backend.choice(),
+            device: self.device,
+            precision: self.precision,
+            tile: if self.tile == 0 {
+                TileSize::Auto
+            } else {
+                TileSize::Fixed(self.tile)
+            },
+            format,
+            jpeg_quality: self.quality,
+            quiet: self.quiet,
+        })
+    }
+}

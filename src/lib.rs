@@ -1,0 +1,208 @@
+//! upframe: AI upscaling of images (and, later, video) with Real-ESRGAN-family ncnn models, written
+//! once in burn and run on CUDA, wgpu or the CPU. `run` takes a validated `Config`; the binary is a
+//! thin shell around it.
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod images;
+pub mod model;
+pub mod progress;
+pub mod upscale;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::backend::ndarray::NdArrayDevice;
+use burn::backend::{Cuda, NdArray, Wgpu};
+use burn::tensor::backend::Backend;
+
+use backend::{BackendKind, DeviceInfo, Selected};
+use cli::{Config, PrecisionArg};
+use error::{Error, Result};
+use model::forward::{supports_f16, Precision};
+use model::Model;
+use upscale::{MemoryBudget, Upscaler};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks running work to stop at the next tile or file; outputs in progress are discarded.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// What a run did, for the closing summary.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub files: usize,
+    pub input_pixels: u64,
+    pub output_pixels: u64,
+    pub elapsed: Duration,
+    pub device: String,
+    pub backend: BackendKind,
+    pub precision: Precision,
+    pub tile: usize,
+    pub model: String,
+    pub scale: usize,
+    pub forwards: u64,
+    pub outputs: Vec<PathBuf>,
+}
+
+pub fn run(config: &Config) -> Result<Summary> {
+    let jobs = images::plan(
+        &config.input,
+        &config.output,
+        config.format.as_deref(),
+        config.overwrite,
+    )?;
+    let model = model::load(&config.model, config.scale)?;
+    let (selected, why) = backend::select(config.backend, config.device)?;
+    log::info!(
+        "backend {} on {} ({})",
+        selected.info().backend,
+        selected.info().name,
+        why
+    );
+    match selected {
+        Selected::Cuda(device, info) => run_on::<Cuda>(&device, &info, config, &model, &jobs),
+        Selected::Wgpu(device, info) => run_on::<Wgpu>(&device, &info, config, &model, &jobs),
+        Selected::Cpu(info) => run_on::<NdArray>(&NdArrayDevice::Cpu, &info, config, &model, &jobs),
+    }
+}
+
+/// The precision a backend will really compute in: fp16 only where the device stores it.
+pub fn resolve_precision<B: Backend>(
+    asked: PrecisionArg,
+    info: &DeviceInfo,
+    device: &B::Device,
+) -> Result<Precision> {
+    let gpu = info.backend != BackendKind::Cpu;
+    let f16 = gpu && supports_f16::<B>(device);
+    match asked {
+        PrecisionArg::Fp32 => Ok(Precision::F32),
+        PrecisionArg::Auto => Ok(if f16 { Precision::F16 } else { Precision::F32 }),
+        PrecisionArg::Fp16 if f16 => Ok(Precision::F16),
+        PrecisionArg::Fp16 => Err(Error::BackendUnavailable {
+            backend: format!("{} with fp16", info.backend),
+            reason: format!(
+                "{} does not compute in fp16; use --precision fp32",
+                info.name
+            ),
+        }),
+    }
+}
+
+pub fn memory_budget(info: &DeviceInfo) -> MemoryBudget {
+    const GIB: u64 = 1 << 30;
+    let bytes = match info.backend {
+        // Half the card: the rest is for the backend's pools, other programs and the display.
+        BackendKind::Cuda => info.memory.map_or(4 * GIB, |m| m / 2),
+        // wgpu does not report memory; 2 GiB fits nearly any GPU of the last decade.
+        BackendKind::Wgpu => 2 * GIB,
+        BackendKind::Cpu => 2 * GIB,
+    };
+    MemoryBudget {
+        bytes,
+        max_binding: info.max_binding,
+    }
+}
+
+fn run_on<B: Backend>(
+    device: &B::Device,
+    info: &DeviceInfo,
+    config: &Config,
+    model: &Model,
+    jobs: &[images::Job],
+) -> Result<Summary> {
+    let start = Instant::now();
+    let precision = resolve_precision::<B>(config.precision, info, device)?;
+    let mut upscaler =
+        Upscaler::<B>::new(model, precision, device, config.tile, memory_budget(info));
+    log::info!(
+        "model {} x{} in {precision}, tiles up to {} px",
+        model.name,
+        model.scale,
+        upscaler.tile()
+    );
+    let mut progress = progress::Progress::new(jobs.len() as u64, config.quiet);
+    let mut summary = Summary {
+        files: 0,
+        input_pixels: 0,
+        output_pixels: 0,
+        elapsed: Duration::ZERO,
+        device: info.name.clone(),
+        backend: info.backend,
+        precision,
+        tile: 0,
+        model: model.name.clone(),
+        scale: model.scale,
+        forwards: 0,
+        outputs: Vec::new(),
+    };
+    for job in jobs {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let decoded = images::read(&job.input)?;
+        let rgb = upscaler.upscale(&decoded.rgb, &interrupted)?;
+        let alpha = decoded
+            .alpha
+            .as_ref()
+            .map(|a| images::upscale_alpha(a, model.scale));
+        let image = images::assemble(&rgb, alpha.as_ref(), decoded.gray, decoded.sixteen_bit);
+        images::write(image, &job.output, config.overwrite, config.jpeg_quality)?;
+        summary.files += 1;
+        summary.input_pixels += (decoded.rgb.width * decoded.rgb.height) as u64;
+        summary.output_pixels += (rgb.width * rgb.height) as u64;
+        summary.outputs.push(job.output.clone());
+        progress.step(&job.input.display().to_string());
+    }
+    progress.finish();
+    summary.elapsed = start.elapsed();
+    summary.tile = upscaler.tile();
+    summary.forwards = upscaler.forwards;
+    Ok(summary)
+}
+
+/// Every device each backend can see, or why it sees none, for `upframe devices`.
+pub fn describe_devices() -> String {
+    let mut out = String::new();
+    let line = |i: &DeviceInfo| {
+        let memory = i
+            .memory
+            .map(|m| format!(", {:.1} GiB", m as f64 / (1u64 << 30) as f64))
+            .unwrap_or_default();
+        format!("  [{}] {} ({}{memory})\n", i.index, i.name, i.class)
+    };
+    out.push_str("cuda:\n");
+    match backend::cuda_devices() {
+        Ok(devices) => devices.iter().for_each(|d| out.push_str(&line(d))),
+        Err(reason) => out.push_str(&format!("  none: {reason}\n")),
+    }
+    out.push_str("wgpu:\n");
+    let wgpu = backend::wgpu_devices();
+    if wgpu.is_empty() {
+        out.push_str("  none: no Vulkan/Metal/DX12 adapter found\n");
+    }
+    wgpu.iter().for_each(|(_, d)| out.push_str(&line(d)));
+    out.push_str("cpu:\n");
+    out.push_str(&line(&backend::cpu_info()));
+    out
+}
+
+/// The text of a panic payload, for turning backend panics into errors.
+pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}

@@ -1,0 +1,362 @@
+//! The upscale stage: a planar RGB image in, the model's output out, cut into overlapping tiles
+//! when the image would not fit the device. Tiles overlap by the model's receptive radius, so tiled
+//! and untiled output agree; an out-of-memory at one tile size retries at half the size.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::model::forward::{Network, Precision};
+use crate::model::Model;
+
+/// Channels × height × width, values nominally in 0..1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planar {
+    pub channels: usize,
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+}
+
+impl Planar {
+    pub fn new(channels: usize, width: usize, height: usize) -> Self {
+        Self {
+            channels,
+            width,
+            height,
+            data: vec![0.0; channels * width * height],
+        }
+    }
+
+    fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> Planar {
+        let mut out = Planar::new(self.channels, w, h);
+        for c in 0..self.channels {
+            for y in 0..h {
+                let src = (c * self.height + y0 + y) * self.width + x0;
+                let dst = (c * h + y) * w;
+                out.data[dst..dst + w].copy_from_slice(&self.data[src..src + w]);
+            }
+        }
+        out
+    }
+
+    /// Copies `src`'s rectangle at (sx, sy) of size w×h to (dx, dy) in self.
+    #[allow(clippy::too_many_arguments)]
+    fn paste(
+        &mut self,
+        src: &Planar,
+        sx: usize,
+        sy: usize,
+        w: usize,
+        h: usize,
+        dx: usize,
+        dy: usize,
+    ) {
+        for c in 0..self.channels {
+            for y in 0..h {
+                let s = (c * src.height + sy + y) * src.width + sx;
+                let d = (c * self.height + dy + y) * self.width + dx;
+                self.data[d..d + w].copy_from_slice(&src.data[s..s + w]);
+            }
+        }
+    }
+}
+
+/// How big a tile may be, in input pixels per side. `Auto` derives it from device memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileSize {
+    Auto,
+    Fixed(usize),
+}
+
+/// What the upscaler knows of the device's memory, for automatic tiles.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryBudget {
+    /// Bytes the model's working set may take.
+    pub bytes: u64,
+    /// The largest single buffer the device binds, if limited.
+    pub max_binding: Option<u64>,
+}
+
+const MIN_TILE: usize = 32;
+
+/// Mirror padding added around a picture before the network and cut off after, as
+/// realesrgan-ncnn-vulkan and Real-ESRGAN's scripts do: edges then see picture-like context instead
+/// of the convolutions' zeros, which would darken them.
+pub const EDGE_PAD: usize = 10;
+
+pub struct Upscaler<B: Backend> {
+    net: Network<B>,
+    scale: usize,
+    overlap: usize,
+    edge_pad: usize,
+    tile: usize,
+    /// Forward calls made, counted so tests can assert the model ran exactly as often as needed.
+    pub forwards: u64,
+}
+
+impl<B: Backend> Upscaler<B> {
+    pub fn new(
+        model: &Model,
+        precision: Precision,
+        device: &B::Device,
+        tile: TileSize,
+        budget: MemoryBudget,
+    ) -> Self {
+        let tile = match tile {
+            TileSize::Fixed(0) | TileSize::Auto => auto_tile(model, precision, budget),
+            TileSize::Fixed(n) => n.max(MIN_TILE),
+        };
+        Self {
+            net: Network::new(model.graph.clone(), precision, device),
+            scale: model.scale,
+            overlap: model.graph.receptive_radius(),
+            edge_pad: if model.is_resize { 0 } else { EDGE_PAD },
+            tile,
+            forwards: 0,
+        }
+    }
+
+    pub fn tile(&self) -> usize {
+        self.tile
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.net.precision()
+    }
+
+    /// Upscales a 3-channel image. On a device out-of-memory the tile size halves and the whole
+    /// image is redone, down to 32 pixels; then it fails.
+    pub fn upscale(&mut self, image: &Planar, interrupted: &dyn Fn() -> bool) -> Result<Planar> {
+        let pad = self.edge_pad.min(image.width - 1).min(image.height - 1);
+        let padded = reflect_pad(image, pad);
+        let s = self.scale;
+        loop {
+            match self.try_upscale(&padded, interrupted) {
+                Ok(out) if pad == 0 => return Ok(out),
+                Ok(out) => {
+                    return Ok(out.crop(pad * s, pad * s, image.width * s, image.height * s))
+                }
+                Err(Failure::OutOfMemory(reason)) if self.tile > MIN_TILE => {
+                    let smaller = (self.tile / 2).max(MIN_TILE);
+                    log::warn!(
+                        "out of device memory with {0}x{0} tiles ({reason}); retrying with {1}x{1}",
+                        self.tile,
+                        smaller
+                    );
+                    self.tile = smaller;
+                }
+                Err(Failure::OutOfMemory(reason)) | Err(Failure::Device(reason)) => {
+                    return Err(Error::Device {
+                        context: format!(
+                            "running the model on a {}x{} image",
+                            image.width, image.height
+                        ),
+                        reason,
+                    })
+                }
+                Err(Failure::Interrupted) => return Err(Error::Interrupted),
+            }
+        }
+    }
+
+    fn try_upscale(
+        &mut self,
+        image: &Planar,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Planar, Failure> {
+        let s = self.scale;
+        let mut out = Planar::new(image.channels, image.width * s, image.height * s);
+        for (x0, y0, w, h) in tiles(image.width, image.height, self.tile) {
+            if interrupted() {
+                return Err(Failure::Interrupted);
+            }
+            let px0 = x0.saturating_sub(self.overlap);
+            let py0 = y0.saturating_sub(self.overlap);
+            let px1 = (x0 + w + self.overlap).min(image.width);
+            let py1 = (y0 + h + self.overlap).min(image.height);
+            let region = image.crop(px0, py0, px1 - px0, py1 - py0);
+            let result = self.run(&region)?;
+            out.paste(
+                &result,
+                (x0 - px0) * s,
+                (y0 - py0) * s,
+                w * s,
+                h * s,
+                x0 * s,
+                y0 * s,
+            );
+        }
+        Ok(out)
+    }
+
+    fn run(&mut self, region: &Planar) -> Result<Planar, Failure> {
+        self.forwards += 1;
+        let net = &self.net;
+        let attempt = catch_unwind(AssertUnwindSafe(|| {
+            let shape = [1, region.channels, region.height, region.width];
+            let input = Tensor::<B, 4>::from_data(
+                TensorData::new(region.data.clone(), shape),
+                net.device(),
+            );
+            let output = net.forward(input);
+            let [_, c, h, w] = output.dims();
+            let values = output
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| format!("reading the result back: {e:?}"))?;
+            Ok::<_, String>(Planar {
+                channels: c,
+                width: w,
+                height: h,
+                data: values,
+            })
+        }));
+        match attempt {
+            Ok(Ok(planar)) => Ok(planar),
+            Ok(Err(reason)) => Err(Failure::Device(reason)),
+            Err(payload) => {
+                let message = crate::panic_message(&payload);
+                if is_out_of_memory(&message) {
+                    Err(Failure::OutOfMemory(message))
+                } else {
+                    Err(Failure::Device(message))
+                }
+            }
+        }
+    }
+}
+
+enum Failure {
+    OutOfMemory(String),
+    Device(String),
+    Interrupted,
+}
+
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "out of memory",
+        "outofmemory",
+        "out_of_memory",
+        "failed to allocate",
+        "allocation",
+        "too large",
+        "exceeds",
+        "max_storage_buffer_binding_size",
+        "buffer size",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
+/// Mirrors `pad` pixels around the image, the edge pixel itself not repeated (numpy's 'reflect').
+fn reflect_pad(image: &Planar, pad: usize) -> Planar {
+    if pad == 0 {
+        return image.clone();
+    }
+    let (w, h) = (image.width, image.height);
+    let (pw, ph) = (w + 2 * pad, h + 2 * pad);
+    let mirror = |i: isize, n: usize| -> usize {
+        let n = n as isize;
+        let i = if i < 0 { -i } else { i };
+        (if i >= n { 2 * (n - 1) - i } else { i }) as usize
+    };
+    let mut out = Planar::new(image.channels, pw, ph);
+    for c in 0..image.channels {
+        for y in 0..ph {
+            let sy = mirror(y as isize - pad as isize, h);
+            for x in 0..pw {
+                let sx = mirror(x as isize - pad as isize, w);
+                out.data[(c * ph + y) * pw + x] = image.data[(c * h + sy) * w + sx];
+            }
+        }
+    }
+    out
+}
+
+/// Tiles covering a w×h image: (x, y, width, height), row by row.
+pub fn tiles(width: usize, height: usize, tile: usize) -> Vec<(usize, usize, usize, usize)> {
+    let mut out = Vec::new();
+    for y in (0..height).step_by(tile) {
+        for x in (0..width).step_by(tile) {
+            out.push((x, y, tile.min(width - x), tile.min(height - y)));
+        }
+    }
+    out
+}
+
+/// The largest tile side whose working set fits the budget. The factor 4 stands for what is live
+/// at once (a layer's input and output, the backend's workspace); the binding limit counts the
+/// largest blob 9 times over, the size of an im2col buffer for a 3×3 convolution.
+fn auto_tile(model: &Model, precision: Precision, budget: MemoryBudget) -> usize {
+    let per_pixel =
+        model.graph.peak_values_per_pixel().unwrap_or(64.0).max(1.0) * precision.bytes() as f64;
+    let mut pixels = budget.bytes as f64 / (per_pixel * 4.0);
+    if let Some(binding) = budget.max_binding {
+        pixels = pixels.min(binding as f64 / (per_pixel * 9.0));
+    }
+    let side = pixels.sqrt() as usize;
+    (side / 16 * 16).clamp(MIN_TILE, 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_the_image_once() {
+        let (w, h) = (100, 37);
+        let mut seen = vec![0u8; w * h];
+        for (x, y, tw, th) in tiles(w, h, 32) {
+            for yy in y..y + th {
+                for xx in x..x + tw {
+                    seen[yy * w + xx] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+    }
+
+    #[test]
+    fn crop_then_paste_round_trips() {
+        let mut img = Planar::new(3, 7, 5);
+        for (i, v) in img.data.iter_mut().enumerate() {
+            *v = i as f32;
+        }
+        let part = img.crop(2, 1, 4, 3);
+        let mut copy = Planar::new(3, 7, 5);
+        copy.paste(&part, 0, 0, 4, 3, 2, 1);
+        for c in 0..3 {
+            for y in 1..4 {
+                for x in 2..6 {
+                    let i = (c * 5 + y) * 7 + x;
+                    assert_eq!(copy.data[i], img.data[i]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reflect_pad_mirrors_without_repeating_the_edge() {
+        let img = Planar {
+            channels: 1,
+            width: 3,
+            height: 3,
+            data: (1..=9).map(|v| v as f32).collect(),
+        };
+        let p = reflect_pad(&img, 2);
+        assert_eq!((p.width, p.height), (7, 7));
+        assert_eq!(&p.data[14..21], &[3.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0]);
+        assert_eq!(&p.data[0..7], &[9.0, 8.0, 7.0, 8.0, 9.0, 8.0, 7.0]);
+    }
+
+    #[test]
+    fn out_of_memory_messages_are_recognised() {
+        assert!(is_out_of_memory("CUDA_ERROR_OUT_OF_MEMORY"));
+        assert!(is_out_of_memory("Failed to allocate 3 GiB"));
+        assert!(!is_out_of_memory("index out of bounds"));
+    }
+}
