@@ -1,0 +1,202 @@
+//! The same model on every backend gives the same image, tiles leave no seams, and fp16 is really
+//! computed in fp16. The CPU (ndarray, fp32) is the reference; wgpu runs on whatever adapter exists
+//! (Mesa's lavapipe in CI); CUDA runs where an NVIDIA GPU answers and says why it skips elsewhere.
+
+use std::path::Path;
+
+use burn::backend::ndarray::NdArrayDevice;
+use burn::backend::{Cuda, NdArray, Wgpu};
+use burn::tensor::backend::Backend;
+
+use upframe::backend::{self, BackendChoice, BackendKind, DeviceInfo, Selected};
+use upframe::cli::PrecisionArg;
+use upframe::model::forward::Precision;
+use upframe::model::{self, Model};
+use upframe::upscale::{MemoryBudget, Planar, TileSize, Upscaler, EDGE_PAD};
+
+const BUDGET: MemoryBudget = MemoryBudget {
+    bytes: 1 << 30,
+    max_binding: None,
+};
+
+fn photo() -> Planar {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/photo-96x64.png");
+    upframe::images::read(&path).expect("test photo").rgb
+}
+
+fn crop(p: &Planar, w: usize, h: usize) -> Planar {
+    let mut out = Planar::new(3, w, h);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                out.data[(c * h + y) * w + x] = p.data[(c * p.height + y) * p.width + x];
+            }
+        }
+    }
+    out
+}
+
+fn upscale<B: Backend>(
+    device: &B::Device,
+    model: &Model,
+    precision: Precision,
+    tile: TileSize,
+    image: &Planar,
+) -> Planar {
+    let mut up = Upscaler::<B>::new(model, precision, device, tile, BUDGET);
+    up.upscale(image, &|| false).expect("upscale")
+}
+
+/// Largest and mean absolute difference, in 8-bit steps, after the clamp the output goes through.
+fn diff(a: &Planar, b: &Planar) -> (f32, f32) {
+    assert_eq!(
+        (a.width, a.height, a.channels),
+        (b.width, b.height, b.channels)
+    );
+    let mut max = 0f32;
+    let mut sum = 0f64;
+    for (x, y) in a.data.iter().zip(&b.data) {
+        let d = (x.clamp(0.0, 1.0) - y.clamp(0.0, 1.0)).abs() * 255.0;
+        max = max.max(d);
+        sum += d as f64;
+    }
+    (max, (sum / a.data.len() as f64) as f32)
+}
+
+fn selected(kind: BackendKind) -> Option<Selected> {
+    match backend::select(BackendChoice::Only(kind), None) {
+        Ok((s, _)) => Some(s),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+fn wgpu() -> Option<(burn::backend::wgpu::WgpuDevice, DeviceInfo)> {
+    match selected(BackendKind::Wgpu)? {
+        Selected::Wgpu(d, i) => Some((d, i)),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn cpu_and_wgpu_agree_in_fp32() {
+    let Some((device, info)) = wgpu() else { return };
+    eprintln!("wgpu device: {}", info.name);
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let image = crop(&photo(), 32, 24);
+    let cpu = upscale::<NdArray>(
+        &NdArrayDevice::Cpu,
+        &model,
+        Precision::F32,
+        TileSize::Auto,
+        &image,
+    );
+    let gpu = upscale::<Wgpu>(&device, &model, Precision::F32, TileSize::Auto, &image);
+    let (max, mean) = diff(&cpu, &gpu);
+    eprintln!("cpu vs wgpu fp32: max {max:.4}, mean {mean:.5} (8-bit steps)");
+    // Different summation orders only: far under one 8-bit step.
+    assert!(max < 0.05 && mean < 0.005, "max {max}, mean {mean}");
+}
+
+#[test]
+fn wgpu_fp16_is_in_effect_and_close_to_fp32() {
+    let Some((device, info)) = wgpu() else { return };
+    let precision = upframe::resolve_precision::<Wgpu>(PrecisionArg::Auto, &info, &device).unwrap();
+    if precision != Precision::F16 {
+        eprintln!("skipped: {} does not store fp16", info.name);
+        return;
+    }
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let image = crop(&photo(), 32, 24);
+    let full = upscale::<NdArray>(
+        &NdArrayDevice::Cpu,
+        &model,
+        Precision::F32,
+        TileSize::Auto,
+        &image,
+    );
+    let half = upscale::<Wgpu>(&device, &model, Precision::F16, TileSize::Auto, &image);
+    let (max, mean) = diff(&full, &half);
+    eprintln!("cpu fp32 vs wgpu fp16: max {max:.3}, mean {mean:.4} (8-bit steps)");
+    // A result identical to fp32 would mean the cast did nothing.
+    assert!(
+        mean > 1e-4,
+        "fp16 output equals fp32: fp16 is not in effect"
+    );
+    assert!(max < 4.0 && mean < 0.5, "max {max}, mean {mean}");
+}
+
+#[test]
+fn cuda_matches_cpu() {
+    let Some(Selected::Cuda(device, info)) = selected(BackendKind::Cuda) else {
+        return;
+    };
+    eprintln!("cuda device: {}", info.name);
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let image = crop(&photo(), 64, 48);
+    let cpu = upscale::<NdArray>(
+        &NdArrayDevice::Cpu,
+        &model,
+        Precision::F32,
+        TileSize::Auto,
+        &image,
+    );
+    let f32_out = upscale::<Cuda>(&device, &model, Precision::F32, TileSize::Auto, &image);
+    let (max, mean) = diff(&cpu, &f32_out);
+    eprintln!("cpu vs cuda fp32: max {max:.4}, mean {mean:.5}");
+    // tf32 tensor cores may be used for fp32 convolutions: allow about one 8-bit step.
+    assert!(max < 1.5 && mean < 0.1, "fp32: max {max}, mean {mean}");
+    let f16_out = upscale::<Cuda>(&device, &model, Precision::F16, TileSize::Auto, &image);
+    let (max, mean) = diff(&cpu, &f16_out);
+    eprintln!("cpu fp32 vs cuda fp16: max {max:.3}, mean {mean:.4}");
+    assert!(
+        mean > 1e-4,
+        "fp16 output equals fp32: fp16 is not in effect"
+    );
+    assert!(max < 4.0 && mean < 0.5, "fp16: max {max}, mean {mean}");
+}
+
+#[test]
+fn tiles_leave_no_seams_on_a_real_photo() {
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let image = photo();
+    let dev = NdArrayDevice::Cpu;
+    let whole = upscale::<NdArray>(&dev, &model, Precision::F32, TileSize::Fixed(4096), &image);
+    let mut tiled =
+        Upscaler::<NdArray>::new(&model, Precision::F32, &dev, TileSize::Fixed(32), BUDGET);
+    let out = tiled.upscale(&image, &|| false).unwrap();
+    // 96x64 plus the mirrored edge on each side, in 32-pixel tiles.
+    let (pw, ph) = (96 + 2 * EDGE_PAD, 64 + 2 * EDGE_PAD);
+    assert_eq!(tiled.forwards as usize, pw.div_ceil(32) * ph.div_ceil(32));
+    let (max, _) = diff(&whole, &out);
+    eprintln!("tiled vs whole: max {max:.5} (8-bit steps)");
+    assert!(max <= 1.0, "tiled output differs by {max}/255");
+}
+
+#[test]
+fn every_scale_gives_its_size() {
+    let image = crop(&photo(), 20, 12);
+    for (name, scale) in [
+        (model::DEFAULT_MODEL, 2),
+        (model::DEFAULT_MODEL, 3),
+        ("bicubic", 3),
+        ("lanczos", 2),
+        ("nearest", 5),
+    ] {
+        let model = model::load(name, Some(scale)).unwrap();
+        let out = upscale::<NdArray>(
+            &NdArrayDevice::Cpu,
+            &model,
+            Precision::F32,
+            TileSize::Auto,
+            &image,
+        );
+        assert_eq!(
+            (out.width, out.height),
+            (20 * scale, 12 * scale),
+            "{name} x{scale}"
+        );
+    }
+}
