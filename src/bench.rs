@@ -11,7 +11,7 @@ use burn::tensor::{Distribution, Tensor};
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceClass, DeviceInfo, Selected};
 use crate::cli::PrecisionArg;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::forward::{Network, Precision};
 use crate::model::Model;
 
@@ -143,14 +143,21 @@ fn bench_on<B: Backend>(
     for precision in precisions {
         let net = Network::<B>::new(model.graph.clone(), precision, device);
         for &(w, h) in sizes {
-            let row = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 time_forward(&net, w, h, plan.runs)
-            }))
-            .map_err(|p| Error::Device {
-                context: format!("benchmarking {w}x{h} on {} in {precision}", info.name),
-                reason: crate::panic_message(&p),
-            })?;
-            let (median, min) = row;
+            }));
+            let (median, min) = match timed {
+                Ok(t) => t,
+                Err(payload) => {
+                    // One size failing (device memory, binding limits) must not hide the others.
+                    log::warn!(
+                        "{w}x{h} on {} in {precision} failed: {}",
+                        info.name,
+                        crate::panic_message(&payload)
+                    );
+                    continue;
+                }
+            };
             each(BenchRow {
                 backend: info.backend,
                 device: info.name.clone(),

@@ -76,24 +76,36 @@ pub fn run(config: &Config) -> Result<Summary> {
     }
 }
 
-/// The precision a backend will really compute in: fp16 only where the device stores it.
+/// Why fp16 is refused on CUDA: on an H200 (2026-11-27), burn 0.21's autotuned f16 convolutions
+/// (its `mma` implicit-GEMM kernels) returned wrong values, relative error about 1 on every layer,
+/// while fp32 and wgpu's fp16 matched the CPU. Wrong pictures are worse than slower ones.
+pub const CUDA_FP16_BROKEN: &str =
+    "burn 0.21's CUDA fp16 convolutions return wrong values (seen on an H200); \
+use --precision fp32 (the default on cuda) or --backend wgpu for fp16";
+
+/// The precision a backend will really compute in: fp16 only where the device stores it and the
+/// backend computes it correctly.
 pub fn resolve_precision<B: Backend>(
     asked: PrecisionArg,
     info: &DeviceInfo,
     device: &B::Device,
 ) -> Result<Precision> {
     let gpu = info.backend != BackendKind::Cpu;
-    let f16 = gpu && supports_f16::<B>(device);
+    let f16 = gpu && info.backend != BackendKind::Cuda && supports_f16::<B>(device);
     match asked {
         PrecisionArg::Fp32 => Ok(Precision::F32),
         PrecisionArg::Auto => Ok(if f16 { Precision::F16 } else { Precision::F32 }),
         PrecisionArg::Fp16 if f16 => Ok(Precision::F16),
         PrecisionArg::Fp16 => Err(Error::BackendUnavailable {
             backend: format!("{} with fp16", info.backend),
-            reason: format!(
-                "{} does not compute in fp16; use --precision fp32",
-                info.name
-            ),
+            reason: if info.backend == BackendKind::Cuda {
+                CUDA_FP16_BROKEN.to_string()
+            } else {
+                format!(
+                    "{} does not compute in fp16; use --precision fp32",
+                    info.name
+                )
+            },
         }),
     }
 }

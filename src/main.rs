@@ -117,7 +117,7 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
     let mut json = Vec::new();
     upframe::bench::run(&model, &plan, |r| {
         println!(
-            "{:<7} {:<5} {:>10} {:>9.2} {:>9.1} {:>8.1}  {}",
+            "{:<7} {:<5} {:>10} {:>9.2} {:>9.1} {:>8.3}  {}",
             r.backend.to_string(),
             r.precision.to_string(),
             format!("{}x{}", r.width, r.height),

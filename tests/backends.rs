@@ -128,6 +128,92 @@ fn wgpu_fp16_is_in_effect_and_close_to_fp32() {
     assert!(max < 4.0 && mean < 0.5, "max {max}, mean {mean}");
 }
 
+/// Each node of the embedded model run alone on `B` from the CPU's own inputs, against the CPU's
+/// output for that node: relative L2 error per node, so a wrong kernel is named, not just noticed.
+fn node_errors<B: Backend>(device: &B::Device, precision: Precision) -> Vec<(String, f64)> {
+    use burn::tensor::{Tensor, TensorData};
+    use upframe::model::forward::Network;
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let image = crop(&photo(), 24, 16);
+    let cpu = Network::<NdArray>::new(model.graph.clone(), Precision::F32, &NdArrayDevice::Cpu);
+    let gpu = Network::<B>::new(model.graph.clone(), precision, device);
+    let graph = &model.graph;
+    let mut blobs: Vec<Option<TensorData>> = vec![None; graph.blob_count];
+    blobs[graph.input] = Some(TensorData::new(
+        image.data.clone(),
+        [1, 3, image.height, image.width],
+    ));
+    let mut errors = Vec::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let on_cpu: Vec<_> = node
+            .inputs
+            .iter()
+            .map(|&b| {
+                Tensor::<NdArray, 4>::from_data(blobs[b].clone().unwrap(), &NdArrayDevice::Cpu)
+            })
+            .collect();
+        let on_gpu: Vec<_> = node
+            .inputs
+            .iter()
+            .map(|&b| Tensor::<B, 4>::from_data(blobs[b].clone().unwrap(), device))
+            .collect();
+        let want = cpu.run_node(i, on_cpu).into_data();
+        let got = gpu.run_node(i, on_gpu).into_data();
+        let (w, g) = (want.to_vec::<f32>().unwrap(), got.to_vec::<f32>().unwrap());
+        let num: f64 = w
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = w.iter().map(|a| (*a as f64).powi(2)).sum();
+        errors.push((
+            format!("{} ({})", node.name, node.line),
+            (num / den.max(1e-30)).sqrt(),
+        ));
+        blobs[node.output] = Some(want);
+    }
+    errors
+}
+
+fn assert_nodes_close<B: Backend>(device: &B::Device, precision: Precision, limit: f64) {
+    let errors = node_errors::<B>(device, precision);
+    let worst = errors
+        .iter()
+        .cloned()
+        .fold(("".to_string(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    eprintln!(
+        "{precision}: worst node {} relative error {:.2e}",
+        worst.0, worst.1
+    );
+    for (name, e) in &errors {
+        eprintln!("  {name}: {e:.2e}");
+    }
+    let bad: Vec<_> = errors.iter().filter(|(_, e)| *e > limit).collect();
+    assert!(bad.is_empty(), "{precision}: nodes over {limit:e}: {bad:?}");
+}
+
+#[test]
+fn wgpu_each_node_matches_cpu() {
+    let Some((device, info)) = wgpu() else { return };
+    assert_nodes_close::<Wgpu>(&device, Precision::F32, 1e-4);
+    if upframe::resolve_precision::<Wgpu>(PrecisionArg::Auto, &info, &device).unwrap()
+        == Precision::F16
+    {
+        // fp16 inputs and outputs round at about 5e-4 each; a convolution whose terms largely
+        // cancel shows several times that (6e-3 seen on lavapipe). A wrong kernel shows 1e-1 and up.
+        assert_nodes_close::<Wgpu>(&device, Precision::F16, 2e-2);
+    }
+}
+
+#[test]
+fn cuda_each_node_matches_cpu() {
+    let Some(Selected::Cuda(device, _)) = selected(BackendKind::Cuda) else {
+        return;
+    };
+    // fp32 convolutions may run on tf32 tensor cores: about 2e-4 per node seen on an H200.
+    assert_nodes_close::<Cuda>(&device, Precision::F32, 2e-3);
+}
+
 #[test]
 fn cuda_matches_cpu() {
     let Some(Selected::Cuda(device, info)) = selected(BackendKind::Cuda) else {
@@ -148,14 +234,12 @@ fn cuda_matches_cpu() {
     eprintln!("cpu vs cuda fp32: max {max:.4}, mean {mean:.5}");
     // tf32 tensor cores may be used for fp32 convolutions: allow about one 8-bit step.
     assert!(max < 1.5 && mean < 0.1, "fp32: max {max}, mean {mean}");
-    let f16_out = upscale::<Cuda>(&device, &model, Precision::F16, TileSize::Auto, &image);
-    let (max, mean) = diff(&cpu, &f16_out);
-    eprintln!("cpu fp32 vs cuda fp16: max {max:.3}, mean {mean:.4}");
-    assert!(
-        mean > 1e-4,
-        "fp16 output equals fp32: fp16 is not in effect"
+    // burn 0.21's fp16 convolutions on CUDA are wrong (upframe::CUDA_FP16_BROKEN): refused.
+    assert!(upframe::resolve_precision::<Cuda>(PrecisionArg::Fp16, &info, &device).is_err());
+    assert_eq!(
+        upframe::resolve_precision::<Cuda>(PrecisionArg::Auto, &info, &device).unwrap(),
+        Precision::F32
     );
-    assert!(max < 4.0 && mean < 0.5, "fp16: max {max}, mean {mean}");
 }
 
 #[test]

@@ -131,6 +131,15 @@ impl<B: Backend> Network<B> {
             .cast(FloatDType::F32)
     }
 
+    /// Runs node `index` alone on `inputs` (f32, cast to the network's precision on the way in and
+    /// back to f32 on the way out): lets tests check every operation of a backend in isolation.
+    pub fn run_node(&self, index: usize, inputs: Vec<Tensor<B, 4>>) -> Tensor<B, 4> {
+        let dtype = self.precision.dtype();
+        let inputs = inputs.into_iter().map(|t| t.cast(dtype)).collect();
+        self.apply(index, &self.graph.nodes[index].op, inputs)
+            .cast(FloatDType::F32)
+    }
+
     fn apply(&self, index: usize, op: &Op, mut inputs: Vec<Tensor<B, 4>>) -> Tensor<B, 4> {
         let x = inputs.swap_remove(0);
         match (op, &self.params[index]) {
