@@ -141,7 +141,7 @@ impl<B: Backend> Network<B> {
     }
 
     fn apply(&self, index: usize, op: &Op, mut inputs: Vec<Tensor<B, 4>>) -> Tensor<B, 4> {
-        let x = inputs.swap_remove(0);
+        let x = inputs.remove(0);
         match (op, &self.params[index]) {
             (Op::Conv(c), Params::Conv { weight, bias }) => {
                 let options = ConvOptions::new(c.stride, c.padding, c.dilation, 1);
@@ -171,7 +171,7 @@ impl<B: Backend> Network<B> {
                 resize(x, size, *mode, *align_corners)
             }
             (Op::Binary(kind), _) => {
-                let y = inputs.swap_remove(0);
+                let y = inputs.remove(0);
                 match kind {
                     BinaryKind::Add => x + y,
                     BinaryKind::Sub => x - y,
@@ -242,4 +242,95 @@ pub fn resize<B: Backend>(
 /// Whether the backend stores and computes f16 on this device.
 pub fn supports_f16<B: Backend>(device: &B::Device) -> bool {
     B::supports_dtype(device, DType::F16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::graph::{Conv2d, Node};
+    use burn::backend::ndarray::NdArrayDevice;
+    use burn::backend::NdArray;
+
+    /// blob 1 = x + 1 and blob 2 = x + 2, by 1×1 identity convolutions with a bias.
+    fn plus(k: f32, output: usize) -> Node {
+        let mut weight = vec![0.0; 9];
+        for c in 0..3 {
+            weight[c * 3 + c] = 1.0;
+        }
+        Node {
+            op: Op::Conv(Conv2d {
+                out_channels: 3,
+                in_channels: 3,
+                kernel: [1, 1],
+                stride: [1, 1],
+                padding: [0, 0],
+                dilation: [1, 1],
+                weight,
+                bias: Some(vec![k; 3]),
+                activation: Activation::None,
+            }),
+            inputs: vec![0],
+            output,
+            name: format!("plus{k}"),
+            line: 0,
+        }
+    }
+
+    fn run(last: Op, out_channels: usize) -> Vec<f32> {
+        let graph = Graph {
+            nodes: vec![
+                plus(1.0, 1),
+                plus(2.0, 2),
+                Node {
+                    op: last,
+                    inputs: vec![0, 1, 2],
+                    output: 3,
+                    name: "last".into(),
+                    line: 0,
+                },
+            ],
+            blob_count: 4,
+            input: 0,
+            output: 3,
+            in_channels: 3,
+            out_channels,
+        };
+        let device = NdArrayDevice::Cpu;
+        let net = Network::<NdArray>::new(graph, Precision::F32, &device);
+        let input = Tensor::<NdArray, 4>::from_data(
+            TensorData::new(vec![0.5f32; 3], [1, 3, 1, 1]),
+            &device,
+        );
+        net.forward(input).into_data().to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn concat_keeps_its_inputs_in_order() {
+        let out = run(Op::Concat, 9);
+        assert_eq!(out, vec![0.5, 0.5, 0.5, 1.5, 1.5, 1.5, 2.5, 2.5, 2.5]);
+    }
+
+    #[test]
+    fn eltwise_applies_each_coefficient_to_its_own_input() {
+        let out = run(
+            Op::Eltwise {
+                kind: EltwiseKind::Sum,
+                coefficients: Some(vec![1.0, 10.0, 100.0]),
+            },
+            3,
+        );
+        assert_eq!(out, vec![0.5 + 15.0 + 250.0; 3]);
+    }
+
+    #[test]
+    fn pixel_shuffle_follows_pytorch_order() {
+        let device = NdArrayDevice::Cpu;
+        let x = Tensor::<NdArray, 4>::from_data(
+            TensorData::new((0..8).map(|v| v as f32).collect::<Vec<_>>(), [1, 8, 1, 1]),
+            &device,
+        );
+        // 2 output channels of 2×2: channel c, row i, column j comes from input channel c*4 + i*2 + j.
+        let out = pixel_shuffle(x, 2).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(out, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    }
 }
