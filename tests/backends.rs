@@ -317,3 +317,82 @@ fn rrdb_models_from_shared_run_when_present() {
     // A sharpened version of the same picture, not noise (a scrambled graph gave a mean of 100+).
     assert!(mean < 12.0, "mean difference from bicubic {mean}");
 }
+
+/// Which of burn's CUDA convolution kernels compute f16 correctly: a 64→64 3×3 convolution on
+/// random data, each kernel called directly (outside the autotuner) and through burn's own
+/// autotuned `conv2d`, against the CPU in f32. The direct kernel must be right; the others are
+/// printed, for choosing the fp16 path on CUDA.
+#[test]
+fn cuda_fp16_convolution_kernels() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Distribution, FloatDType, Tensor, TensorPrimitive};
+    use burn_cubecl::kernel::conv::{conv_forward, ConvStrategy};
+    type Raw = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+    let Some(Selected::Cuda(device, _)) = selected(BackendKind::Cuda) else {
+        return;
+    };
+    let cpu = NdArrayDevice::Cpu;
+    let x = Tensor::<NdArray, 4>::random([1, 64, 40, 56], Distribution::Uniform(-1.0, 1.0), &cpu);
+    let w = Tensor::<NdArray, 4>::random([64, 64, 3, 3], Distribution::Uniform(-0.06, 0.06), &cpu);
+    let b = Tensor::<NdArray, 1>::random([64], Distribution::Uniform(-0.1, 0.1), &cpu);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let want = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone())
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let error = |got: Vec<f32>| -> f64 {
+        let num: f64 = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum();
+        (num / den).sqrt()
+    };
+    let to_raw = |t: TensorData4| Tensor::<Raw, 4>::from_data(t, &device).cast(FloatDType::F16);
+    type TensorData4 = burn::tensor::TensorData;
+    let mut results = Vec::new();
+    for (name, strategy) in [
+        ("direct", ConvStrategy::Direct),
+        ("implicit GEMM (cmma)", ConvStrategy::ImplicitGemm),
+    ] {
+        let xr = to_raw(x.to_data()).into_primitive().tensor();
+        let wr = to_raw(w.to_data()).into_primitive().tensor();
+        let br = Tensor::<Raw, 1>::from_data(b.to_data(), &device)
+            .cast(FloatDType::F16)
+            .into_primitive()
+            .tensor();
+        let out = match conv_forward::<_, 2>(xr, wr, Some(br), options.clone(), strategy) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("{name}: not launched: {e:?}");
+                continue;
+            }
+        };
+        let out =
+            Tensor::<Raw, 4>::from_primitive(TensorPrimitive::Float(out)).cast(FloatDType::F32);
+        let e = error(out.into_data().to_vec::<f32>().unwrap());
+        eprintln!("cuda f16 conv, {name}: relative error {e:.2e}");
+        results.push((name, e));
+    }
+    let stock = conv2d(
+        Tensor::<Cuda, 4>::from_data(x.to_data(), &device).cast(FloatDType::F16),
+        Tensor::<Cuda, 4>::from_data(w.to_data(), &device).cast(FloatDType::F16),
+        Some(Tensor::<Cuda, 1>::from_data(b.to_data(), &device).cast(FloatDType::F16)),
+        options,
+    );
+    let e = error(
+        stock
+            .cast(FloatDType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap(),
+    );
+    eprintln!("cuda f16 conv, burn's autotuned conv2d: relative error {e:.2e}");
+    assert!(
+        results.iter().any(|(n, e)| *n == "direct" && *e < 1e-2),
+        "{results:?}"
+    );
+}
