@@ -63,10 +63,9 @@ pub struct Network<B: Backend> {
 
 impl<B: Backend> Network<B> {
     pub fn new(graph: Graph, precision: Precision, device: &B::Device) -> Self {
-        let upload = |values: &[f32], shape: Vec<usize>| -> Tensor<B, 1> {
+        let upload = |values: &[f32]| -> Tensor<B, 1> {
             Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
                 .cast(precision.dtype())
-                .reshape([shape.iter().product::<usize>()])
         };
         let params = graph
             .nodes
@@ -75,11 +74,11 @@ impl<B: Backend> Network<B> {
                 Op::Conv(c) => {
                     let shape = [c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]];
                     Params::Conv {
-                        weight: upload(&c.weight, shape.to_vec()).reshape(shape),
-                        bias: c.bias.as_ref().map(|b| upload(b, vec![b.len()])),
+                        weight: upload(&c.weight).reshape(shape),
+                        bias: c.bias.as_ref().map(|b| upload(b)),
                     }
                 }
-                Op::PRelu(slopes) => Params::Slopes(upload(slopes, vec![slopes.len()])),
+                Op::PRelu(slopes) => Params::Slopes(upload(slopes)),
                 _ => Params::None,
             })
             .collect();
