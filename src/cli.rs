@@ -9,9 +9,13 @@ use crate::backend::{BackendChoice, BackendKind};
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_MODEL;
 use crate::upscale::TileSize;
+use crate::video::encode::{EncodeSettings, VideoCodec};
 
 const AFTER_HELP: &str = "\
 Examples:
+  upframe episode.mkv -o episode-x4.mkv
+  upframe clip.mp4 -o clip-x2.mp4 --scale 2 --codec hevc --crf 20
+  upframe clip.mp4 -o frames/ --frames png
   upframe photo.png -o photo-x4.png
   upframe frames/ -o upscaled/ --format png
   upframe art.jpg -o art.png --model bicubic --scale 2
@@ -19,12 +23,14 @@ Examples:
 
 Exit codes:
   0    success
-  1    failure while running (device error, cannot write the output)
-  2    usage or input error (bad option, missing or unreadable input, output exists, bad model)
+  1    failure while running (device error, decoding stopped, cannot write the output)
+  2    usage or input error (bad option, missing or unreadable input, not a video, no video
+       stream, output exists, bad model)
   130  interrupted (Ctrl-C); no partial output is left behind";
 
-/// AI upscaling of images and folders of images with Real-ESRGAN-family models, on CUDA, any
-/// Vulkan/Metal/DX12 GPU through wgpu, or the CPU.
+/// AI upscaling of videos, images and folders of images with Real-ESRGAN-family models, on CUDA,
+/// any Vulkan/Metal/DX12 GPU through wgpu, or the CPU. Videos keep their audio, subtitles,
+/// chapters, timestamps and colour.
 #[derive(Debug, Parser)]
 #[command(name = "upframe", version, after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -32,11 +38,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Input image (.png, .jpg, .jpeg, .webp) or folder of images (searched recursively)
+    /// Input video (anything FFmpeg reads), image (.png, .jpg, .jpeg, .webp) or folder of images
+    /// (searched recursively)
     #[arg(required = true)]
     pub input: Option<PathBuf>,
 
-    /// Output image, or folder when the input is a folder; its extension picks the format
+    /// Output video (.mp4, .mkv, .mov, .webm), image, or folder when the input is a folder or
+    /// --frames is given; the extension picks the format
     #[arg(short, long, required = true)]
     pub output: Option<PathBuf>,
 
@@ -77,6 +85,41 @@ pub struct Cli {
     /// JPEG quality, 1-100
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100), help_heading = "Output")]
     pub quality: u8,
+
+    /// Video codec [default: h264; vp9 for .webm]
+    #[arg(long, value_enum, help_heading = "Video")]
+    pub codec: Option<VideoCodec>,
+
+    /// Any FFmpeg video encoder by name (libx265, libsvtav1, h264_nvenc, ...); overrides --codec
+    #[arg(long, help_heading = "Video")]
+    pub encoder: Option<String>,
+
+    /// Constant quality, lower is better [default: 18 for x264 (visually lossless), the
+    /// equivalent for the other encoders]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=63), help_heading = "Video")]
+    pub crf: Option<u8>,
+
+    /// Encoder speed preset: x264/x265 ultrafast..veryslow, SVT-AV1 0-13, NVENC p1-p7
+    /// [default: medium, or the encoder's equivalent]
+    #[arg(long, help_heading = "Video")]
+    pub preset: Option<String>,
+
+    /// Hardware video decoding: auto uses NVDEC with the cuda backend, software otherwise
+    #[arg(long, value_enum, default_value_t = HwDecArg::Auto, help_heading = "Video")]
+    pub hwdec: HwDecArg,
+
+    /// Decoded frames buffered ahead of the GPU
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Video")]
+    pub preload: u16,
+
+    /// Write one picture per frame (000000.png, 000001.png, ...) into the -o folder instead of
+    /// a video
+    #[arg(long, value_parser = ["png", "jpg", "webp"], help_heading = "Video")]
+    pub frames: Option<String>,
+
+    /// Write a JSON report: settings, device, per-phase timings and one record per frame
+    #[arg(long, value_name = "FILE.json", help_heading = "Output")]
+    pub report: Option<PathBuf>,
 
     /// Print only errors
     #[arg(short, long, conflicts_with = "verbose")]
@@ -164,6 +207,13 @@ pub enum BackendArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HwDecArg {
+    Auto,
+    Cuda,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
     Auto,
     Fp16,
@@ -185,6 +235,16 @@ pub struct Config {
     pub format: Option<String>,
     pub jpeg_quality: u8,
     pub quiet: bool,
+    pub video: VideoOptions,
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoOptions {
+    pub encode: EncodeSettings,
+    pub hwdec: HwDecArg,
+    pub preload: usize,
+    pub frames: Option<String>,
 }
 
 impl Cli {
@@ -212,6 +272,18 @@ impl Cli {
             format,
             jpeg_quality: self.quality,
             quiet: self.quiet,
+            video: VideoOptions {
+                encode: EncodeSettings {
+                    codec: self.codec,
+                    encoder: self.encoder,
+                    crf: self.crf,
+                    preset: self.preset,
+                },
+                hwdec: self.hwdec,
+                preload: usize::from(self.preload),
+                frames: self.frames.map(|f| if f == "jpeg" { "jpg".into() } else { f }),
+            },
+            report: self.report,
         })
     }
 }

@@ -57,6 +57,15 @@ pub enum Error {
     #[error("{context}: {reason}")]
     Device { context: String, reason: String },
 
+    #[error("{path}: {reason}")]
+    VideoInput { path: PathBuf, reason: String },
+
+    #[error("{path}: decoding failed: {reason}")]
+    VideoDecode { path: PathBuf, reason: String },
+
+    #[error("{path}: cannot write video: {reason}")]
+    VideoEncode { path: PathBuf, reason: String },
+
     #[error("interrupted")]
     Interrupted,
 }
@@ -76,9 +85,14 @@ impl Error {
             | Error::ModelWeights { .. }
             | Error::UnknownModel { .. }
             | Error::BackendUnavailable { .. }
+            | Error::VideoInput { .. }
             | Error::Usage(_) => 2,
             Error::Interrupted => 130,
-            Error::ImageEncode { .. } | Error::Io { .. } | Error::Device { .. } => 1,
+            Error::ImageEncode { .. }
+            | Error::Io { .. }
+            | Error::Device { .. }
+            | Error::VideoDecode { .. }
+            | Error::VideoEncode { .. } => 1,
         }
     }
 

@@ -1,15 +1,20 @@
-//! upframe: AI upscaling of images (and, later, video) with Real-ESRGAN-family ncnn models, written
-//! once in burn and run on CUDA, wgpu or the CPU. `run` takes a validated `Config`; the binary is a
-//! thin shell around it.
+//! upframe: AI upscaling of videos and images with Real-ESRGAN-family ncnn models, written once in
+//! burn and run on CUDA, wgpu or the CPU. `run` takes a validated `Config`; the binary is a thin
+//! shell around it.
 
 pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod frame;
 pub mod images;
 pub mod model;
+pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod upscale;
+pub mod video;
+mod video_job;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +38,7 @@ pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn interrupted() -> bool {
+pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
@@ -52,9 +57,26 @@ pub struct Summary {
     pub scale: usize,
     pub forwards: u64,
     pub outputs: Vec<PathBuf>,
+    pub video: Option<VideoSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoSummary {
+    pub frames: u64,
+    pub unique: u64,
+    pub phases: pipeline::PhaseTimes,
+    pub decoder: String,
+    pub encoder: String,
+    pub damaged_packets: u64,
+    pub ffmpeg_errors: u64,
+    /// Frames NVDEC decoded (the rest were decoded in software).
+    pub hardware_frames: u64,
 }
 
 pub fn run(config: &Config) -> Result<Summary> {
+    if video::is_video_input(&config.input) {
+        return run_video(config);
+    }
     let jobs = images::plan(
         &config.input,
         &config.output,
@@ -156,6 +178,7 @@ fn run_on<B: Backend>(
         scale: model.scale,
         forwards: 0,
         outputs: Vec::new(),
+        video: None,
     };
     for job in jobs {
         if interrupted() {
@@ -179,7 +202,28 @@ fn run_on<B: Backend>(
     summary.elapsed = start.elapsed();
     summary.tile = upscaler.tile();
     summary.forwards = upscaler.forwards;
+    if let Some(path) = &config.report {
+        report::write(path, config, &summary, None)?;
+    }
     Ok(summary)
+}
+
+fn run_video(config: &Config) -> Result<Summary> {
+    video::init();
+    video_job::check_paths(config)?;
+    let model = model::load(&config.model, config.scale)?;
+    let (selected, why) = backend::select(config.backend, config.device)?;
+    log::info!(
+        "backend {} on {} ({})",
+        selected.info().backend,
+        selected.info().name,
+        why
+    );
+    match selected {
+        Selected::Cuda(device, info) => video_job::run::<Cuda>(&device, &info, config, &model),
+        Selected::Wgpu(device, info) => video_job::run::<Wgpu>(&device, &info, config, &model),
+        Selected::Cpu(info) => video_job::run::<NdArray>(&NdArrayDevice::Cpu, &info, config, &model),
+    }
 }
 
 /// Every device each backend can see, or why it sees none, for `upframe devices`.

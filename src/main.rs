@@ -70,6 +70,25 @@ fn run(cli: Cli) -> Result<(), Error> {
             let s = upframe::run(&config)?;
             if !quiet {
                 let secs = s.elapsed.as_secs_f64();
+                if let Some(v) = &s.video {
+                    let p = &v.phases;
+                    eprintln!(
+                        "Done: {} frames | {:.2} s | {:.2} fps | decode {:.1} s, upscale {:.1} s, save {:.1} s | {} x{} on {} [{}, {}] -> {}",
+                        v.frames,
+                        secs,
+                        v.frames as f64 / secs.max(1e-9),
+                        p.decode_s,
+                        p.upscale_s,
+                        p.save_s,
+                        s.model,
+                        s.scale,
+                        s.device,
+                        s.backend,
+                        s.precision,
+                        s.outputs[0].display()
+                    );
+                    return Ok(());
+                }
                 let target = match s.outputs.as_slice() {
                     [one] => one.display().to_string(),
                     _ => config.output.display().to_string(),

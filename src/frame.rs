@@ -1,0 +1,27 @@
+//! What travels between the pipeline's phases: one video frame with its timing, and the packets of
+//! the streams that are copied untouched, carried along so that they reach the muxer in order.
+
+use ffmpeg_next::Packet;
+
+use crate::upscale::Planar;
+
+pub struct Frame {
+    /// Position in presentation order, from 0.
+    pub index: u64,
+    /// Presentation time in the video stream's time base.
+    pub pts: i64,
+    /// Time until the next frame (the last frame's own duration), same base.
+    pub duration: i64,
+    /// The frame whose upscaled picture this one uses: itself unless it is a duplicate.
+    pub source: u64,
+    /// The decoded picture before upscaling, the upscaled one after.
+    pub picture: Planar,
+    /// Packets of copied streams read since the previous frame, in demux order.
+    pub passthrough: Vec<Packet>,
+}
+
+pub enum Message {
+    Frame(Frame),
+    /// End of input, with the copied packets read after the last frame.
+    End(Vec<Packet>),
+}

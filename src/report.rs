@@ -1,0 +1,62 @@
+//! `--report FILE.json`: what was run, on which device, how long each phase took, and one record
+//! per frame (its index, timestamp and the frame whose upscaled picture it uses).
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::cli::Config;
+use crate::error::{Error, Result};
+use crate::pipeline::FrameRecord;
+use crate::Summary;
+
+pub fn write(
+    path: &Path,
+    config: &Config,
+    summary: &Summary,
+    frames: Option<&[FrameRecord]>,
+) -> Result<()> {
+    let video = summary.video.as_ref();
+    let report = json!({
+        "upframe": env!("CARGO_PKG_VERSION"),
+        "input": config.input,
+        "outputs": summary.outputs,
+        "settings": {
+            "model": summary.model,
+            "scale": summary.scale,
+            "backend": summary.backend.to_string(),
+            "device": summary.device,
+            "precision": summary.precision.to_string(),
+            "tile": summary.tile,
+            "decoder": video.map(|v| v.decoder.clone()),
+            "encoder": video.map(|v| v.encoder.clone()),
+            "crf": config.video.encode.crf,
+            "preset": config.video.encode.preset,
+            "preload": config.video.preload,
+        },
+        "timings": {
+            "wall_s": summary.elapsed.as_secs_f64(),
+            "phases": video.map(|v| &v.phases),
+        },
+        "totals": {
+            "files": summary.files,
+            "frames": video.map(|v| v.frames),
+            "unique": video.map(|v| v.unique),
+            "duplicates": video.map(|v| v.frames - v.unique),
+            "model_runs": summary.forwards,
+            "damaged_packets": video.map(|v| v.damaged_packets),
+            "ffmpeg_errors": video.map(|v| v.ffmpeg_errors),
+            "hardware_decoded_frames": video.map(|v| v.hardware_frames),
+        },
+        "frames": frames.unwrap_or(&[]),
+    });
+    let text = serde_json::to_string_pretty(&report).expect("plain values serialise");
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(folder).map_err(|e| Error::io(path, e))?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    file.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Colour conversion between a video's Y'CbCr frames and the model's planar RGB, with the stream's
+//! own matrix (BT.601, BT.709, BT.2020) and range (limited or full), through swscale.
+
+use std::ptr;
+
+use ffmpeg_next::ffi;
+use ffmpeg_next::format::Pixel;
+use ffmpeg_next::util::color::{Range, Space};
+use ffmpeg_next::util::frame;
+
+use crate::upscale::Planar;
+
+/// How a stream's samples map to RGB. Unspecified values are resolved the way players do:
+/// BT.709 for HD, BT.601 below 720 lines, limited range unless the format says full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Colour {
+    pub matrix: Space,
+    pub full_range: bool,
+}
+
+impl Colour {
+    pub fn resolve(matrix: Space, range: Range, format: Pixel, height: u32) -> Self {
+        let matrix = match matrix {
+            Space::Unspecified | Space::Reserved | Space::RGB if !is_rgb(format) => {
+                if height >= 720 {
+                    Space::BT709
+                } else {
+                    Space::BT470BG
+                }
+            }
+            m => m,
+        };
+        let full_range = match range {
+            Range::JPEG => true,
+            Range::MPEG => false,
+            Range::Unspecified => is_rgb(format) || is_jpeg_range(format),
+        };
+        Self { matrix, full_range }
+    }
+
+    pub fn range(&self) -> Range {
+        if self.full_range {
+            Range::JPEG
+        } else {
+            Range::MPEG
+        }
+    }
+}
+
+pub fn is_rgb(format: Pixel) -> bool {
+    descriptor(format).is_some_and(|d| d.flags & ffi::AV_PIX_FMT_FLAG_RGB as u64 != 0)
+}
+
+fn is_jpeg_range(format: Pixel) -> bool {
+    matches!(
+        format,
+        Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P | Pixel::YUVJ440P | Pixel::YUVJ411P
+    )
+}
+
+pub fn descriptor(format: Pixel) -> Option<&'static ffi::AVPixFmtDescriptor> {
+    // SAFETY: av_pix_fmt_desc_get returns a pointer into a static table, or null.
+    unsafe { ffi::av_pix_fmt_desc_get(format.into()).as_ref() }
+}
+
+/// Bits per sample of a pixel format's first component (8 for yuv420p, 10 for yuv420p10le).
+pub fn bit_depth(format: Pixel) -> u32 {
+    descriptor(format).map_or(8, |d| d.comp[0].depth as u32)
+}
+
+/// (log2 horizontal, log2 vertical) chroma subsampling: (1, 1) for 4:2:0.
+pub fn chroma_shift(format: Pixel) -> (u8, u8) {
+    descriptor(format).map_or((1, 1), |d| (d.log2_chroma_w, d.log2_chroma_h))
+}
+
+/// A swscale context for one (format, size, colour) pair in each direction, rebuilt only when the
+/// stream changes mid-way.
+struct Scaler {
+    ctx: *mut ffi::SwsContext,
+    key: (Pixel, u32, u32, Colour),
+}
+
+// SAFETY: a swscale context has no thread affinity; it is only ever used by its one owner.
+unsafe impl Send for Scaler {}
+
+impl Scaler {
+    fn new() -> Self {
+        Self {
+            ctx: ptr::null_mut(),
+            key: (Pixel::None, 0, 0, Colour::resolve(Space::BT709, Range::MPEG, Pixel::None, 0)),
+        }
+    }
+
+    /// The context for `src` -> `dst` at w×h; `yuv_is_source` says which side carries `colour`.
+    fn get(
+        &mut self,
+        src: Pixel,
+        dst: Pixel,
+        width: u32,
+        height: u32,
+        colour: Colour,
+        yuv_is_source: bool,
+    ) -> Result<*mut ffi::SwsContext, String> {
+        let yuv = if yuv_is_source { src } else { dst };
+        let key = (yuv, width, height, colour);
+        if !self.ctx.is_null() && self.key == key {
+            return Ok(self.ctx);
+        }
+        self.free();
+        let flags = ffi::SWS_BICUBIC | ffi::SWS_ACCURATE_RND | ffi::SWS_FULL_CHR_H_INT;
+        // SAFETY: plain FFI calls with valid formats and sizes; the result is checked for null.
+        unsafe {
+            let ctx = ffi::sws_getContext(
+                width as i32,
+                height as i32,
+                src.into(),
+                width as i32,
+                height as i32,
+                dst.into(),
+                flags as i32,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null(),
+            );
+            if ctx.is_null() {
+                return Err(format!(
+                    "cannot convert {src:?} to {dst:?} at {width}x{height}"
+                ));
+            }
+            let table = ffi::sws_getCoefficients(colour.matrix as i32);
+            let rgb_table = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT as i32);
+            let yuv_full = colour.full_range as i32;
+            let (src_table, src_full, dst_table, dst_full) = if yuv_is_source {
+                (table, yuv_full, rgb_table, 1)
+            } else {
+                (rgb_table, 1, table, yuv_full)
+            };
+            ffi::sws_setColorspaceDetails(
+                ctx, src_table, src_full, dst_table, dst_full, 0, 1 << 16, 1 << 16,
+            );
+            self.ctx = ctx;
+        }
+        self.key = key;
+        Ok(self.ctx)
+    }
+
+    fn free(&mut self) {
+        if !self.ctx.is_null() {
+            // SAFETY: ctx came from sws_getContext and is freed once.
+            unsafe { ffi::sws_freeContext(self.ctx) };
+            self.ctx = ptr::null_mut();
+        }
+    }
+}
+
+impl Drop for Scaler {
+    fn drop(&mut self) {
+        self.free();
+    }
+}
+
+/// Decoded frame -> planar RGB in 0..1, in 8-bit or 16-bit precision as the source has.
+pub struct ToRgb {
+    scaler: Scaler,
+    rgb: frame::Video,
+}
+
+impl ToRgb {
+    pub fn new() -> Self {
+        Self {
+            scaler: Scaler::new(),
+            rgb: frame::Video::empty(),
+        }
+    }
+
+    pub fn convert(&mut self, frame: &frame::Video, colour: Colour) -> Result<Planar, String> {
+        let (w, h) = (frame.width(), frame.height());
+        let deep = bit_depth(frame.format()) > 8;
+        let target = if deep { Pixel::GBRP16LE } else { Pixel::GBRP };
+        if self.rgb.format() != target || self.rgb.width() != w || self.rgb.height() != h {
+            self.rgb = frame::Video::new(target, w, h);
+        }
+        let ctx = self
+            .scaler
+            .get(frame.format(), target, w, h, colour, true)?;
+        // SAFETY: both frames are allocated for w×h in the formats the context was made for.
+        unsafe {
+            let src = frame.as_ptr();
+            let dst = self.rgb.as_mut_ptr();
+            ffi::sws_scale(
+                ctx,
+                (*src).data.as_ptr() as *const *const u8,
+                (*src).linesize.as_ptr(),
+                0,
+                h as i32,
+                (*dst).data.as_ptr(),
+                (*dst).linesize.as_ptr(),
+            );
+        }
+        let (w, h) = (w as usize, h as usize);
+        let mut out = Planar::new(3, w, h);
+        // GBRP stores G, B, R; the model wants R, G, B.
+        for (channel, plane) in [(0, 2), (1, 0), (2, 1)] {
+            let stride = self.rgb.stride(plane);
+            let data = self.rgb.data(plane);
+            let dst = &mut out.data[channel * w * h..(channel + 1) * w * h];
+            for y in 0..h {
+                let row = &data[y * stride..];
+                let dst = &mut dst[y * w..(y + 1) * w];
+                if deep {
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        let v = u16::from_le_bytes([row[2 * x], row[2 * x + 1]]);
+                        *d = v as f32 / 65535.0;
+                    }
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(&row[..w]) {
+                        *d = v as f32 / 255.0;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Planar RGB in 0..1 -> a frame in the encoder's format, quantised as the image path does.
+pub struct FromRgb {
+    scaler: Scaler,
+    rgb: frame::Video,
+}
+
+impl FromRgb {
+    pub fn new() -> Self {
+        Self {
+            scaler: Scaler::new(),
+            rgb: frame::Video::empty(),
+        }
+    }
+
+    pub fn convert(
+        &mut self,
+        image: &Planar,
+        format: Pixel,
+        colour: Colour,
+    ) -> Result<frame::Video, String> {
+        let (w, h) = (image.width, image.height);
+        let deep = bit_depth(format) > 8;
+        let source = if deep { Pixel::GBRP16LE } else { Pixel::GBRP };
+        if self.rgb.format() != source
+            || self.rgb.width() as usize != w
+            || self.rgb.height() as usize != h
+        {
+            self.rgb = frame::Video::new(source, w as u32, h as u32);
+        }
+        for (channel, plane) in [(0, 2), (1, 0), (2, 1)] {
+            let stride = self.rgb.stride(plane);
+            let src = &image.data[channel * w * h..(channel + 1) * w * h];
+            let data = self.rgb.data_mut(plane);
+            for y in 0..h {
+                let row = &mut data[y * stride..];
+                let src = &src[y * w..(y + 1) * w];
+                if deep {
+                    for (x, &v) in src.iter().enumerate() {
+                        let q = (v * 65535.0).round() as u16;
+                        row[2 * x..2 * x + 2].copy_from_slice(&q.to_le_bytes());
+                    }
+                } else {
+                    for (d, &v) in row[..w].iter_mut().zip(src) {
+                        *d = (v * 255.0).round() as u8;
+                    }
+                }
+            }
+        }
+        let mut out = frame::Video::new(format, w as u32, h as u32);
+        let ctx = self
+            .scaler
+            .get(source, format, w as u32, h as u32, colour, false)?;
+        // SAFETY: both frames are allocated for w×h in the formats the context was made for.
+        unsafe {
+            let src = self.rgb.as_ptr();
+            let dst = out.as_mut_ptr();
+            ffi::sws_scale(
+                ctx,
+                (*src).data.as_ptr() as *const *const u8,
+                (*src).linesize.as_ptr(),
+                0,
+                h as i32,
+                (*dst).data.as_ptr(),
+                (*dst).linesize.as_ptr(),
+            );
+        }
+        out.set_color_space(colour.matrix);
+        out.set_color_range(colour.range());
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gray_frame(format: Pixel, luma: u8) -> frame::Video {
+        let mut f = frame::Video::new(format, 16, 8);
+        for p in 0..f.planes() {
+            let v = if p == 0 { luma } else { 128 };
+            f.data_mut(p).fill(v);
+        }
+        f
+    }
+
+    #[test]
+    fn limited_range_black_and_white_map_to_0_and_1() {
+        crate::video::init();
+        let colour = Colour::resolve(Space::BT709, Range::MPEG, Pixel::YUV420P, 720);
+        let mut to = ToRgb::new();
+        let black = to.convert(&gray_frame(Pixel::YUV420P, 16), colour).unwrap();
+        let white = to.convert(&gray_frame(Pixel::YUV420P, 235), colour).unwrap();
+        assert!(black.data.iter().all(|&v| v.abs() < 1.5 / 255.0));
+        assert!(white.data.iter().all(|&v| (v - 1.0).abs() < 1.5 / 255.0));
+    }
+
+    #[test]
+    fn rgb_to_yuv_and_back_keeps_colours() {
+        crate::video::init();
+        for (matrix, full) in [(Space::BT470BG, false), (Space::BT709, true), (Space::BT2020NCL, false)] {
+            let colour = Colour { matrix, full_range: full };
+            for format in [Pixel::YUV444P, Pixel::YUV444P10LE] {
+                let mut image = Planar::new(3, 8, 4);
+                let swatch = [[0.8, 0.2, 0.1], [0.1, 0.7, 0.3], [0.2, 0.3, 0.9], [0.5, 0.5, 0.5]];
+                for c in 0..3 {
+                    for i in 0..32 {
+                        image.data[c * 32 + i] = swatch[i / 8][c];
+                    }
+                }
+                let yuv = FromRgb::new().convert(&image, format, colour).unwrap();
+                let back = ToRgb::new().convert(&yuv, colour).unwrap();
+                let worst = image
+                    .data
+                    .iter()
+                    .zip(&back.data)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 2.5 / 255.0, "{matrix:?} {format:?}: off by {worst}");
+            }
+        }
+    }
+
+    #[test]
+    fn unspecified_colour_follows_the_picture_size() {
+        let sd = Colour::resolve(Space::Unspecified, Range::Unspecified, Pixel::YUV420P, 480);
+        let hd = Colour::resolve(Space::Unspecified, Range::Unspecified, Pixel::YUV420P, 1080);
+        let jpeg = Colour::resolve(Space::Unspecified, Range::Unspecified, Pixel::YUVJ420P, 480);
+        assert_eq!((sd.matrix, sd.full_range), (Space::BT470BG, false));
+        assert_eq!(hd.matrix, Space::BT709);
+        assert!(jpeg.full_range);
+    }
+}

@@ -1,0 +1,74 @@
+//! The save phase for a frames folder (`-o DIR/ --frames png`): one picture per frame, named by its
+//! index (`000000.png`, `000001.png`, ...), each written under a temporary name and renamed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::images;
+use crate::upscale::Planar;
+
+pub struct FramesDir {
+    dir: PathBuf,
+    extension: String,
+    digits: usize,
+    sixteen_bit: bool,
+    overwrite: bool,
+    quality: u8,
+    pub busy: Duration,
+    pub written: u64,
+}
+
+impl FramesDir {
+    /// Creates the folder. Frames already there are refused unless `overwrite`.
+    pub fn create(
+        dir: &Path,
+        extension: &str,
+        frames_estimate: Option<u64>,
+        sixteen_bit: bool,
+        overwrite: bool,
+        quality: u8,
+    ) -> Result<Self> {
+        if dir.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: --frames writes a folder, and this is a file",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let digits = frames_estimate.map_or(6, |n| n.to_string().len().max(6));
+        let out = Self {
+            dir: dir.to_path_buf(),
+            extension: extension.to_string(),
+            digits,
+            sixteen_bit: sixteen_bit && extension == "png",
+            overwrite,
+            quality,
+            busy: Duration::ZERO,
+            written: 0,
+        };
+        let first = out.path(0);
+        if first.exists() && !overwrite {
+            return Err(Error::OutputExists { path: first });
+        }
+        Ok(out)
+    }
+
+    pub fn path(&self, index: u64) -> PathBuf {
+        self.dir
+            .join(format!("{index:0width$}.{}", self.extension, width = self.digits))
+    }
+
+    pub fn write(&mut self, index: u64, picture: &Planar) -> Result<()> {
+        let started = Instant::now();
+        let image = images::assemble(picture, None, false, self.sixteen_bit);
+        images::write(image, &self.path(index), self.overwrite, self.quality)?;
+        self.written += 1;
+        self.busy += started.elapsed();
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -1,0 +1,94 @@
+//! NVDEC through FFmpeg's CUDA hwaccel. ffmpeg-next has no safe API for it, so this module holds
+//! the FFI: a CUDA device context on the decoder, a `get_format` that takes CUDA when the decoder
+//! offers it and the software format otherwise, and the download of decoded surfaces.
+
+use std::ptr;
+
+use ffmpeg_next::ffi;
+use ffmpeg_next::format::Pixel;
+use ffmpeg_next::util::frame;
+
+/// Whether `codec` can decode into CUDA frames at all (a build without NVDEC, or a codec NVDEC
+/// lacks, says no).
+pub fn codec_supports_cuda(codec: *const ffi::AVCodec) -> bool {
+    for i in 0.. {
+        // SAFETY: avcodec_get_hw_config returns null past the last config.
+        let config = unsafe { ffi::avcodec_get_hw_config(codec, i) };
+        let Some(config) = (unsafe { config.as_ref() }) else {
+            return false;
+        };
+        let by_device =
+            config.methods & ffi::AV_CODEC_HW_CONFIG_METHOD_HW_DEVICE_CTX as i32 != 0;
+        if by_device && config.device_type == ffi::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA {
+            return true;
+        }
+    }
+    false
+}
+
+/// Attaches a CUDA device (ordinal `device`) to an unopened decoder context.
+///
+/// # Safety
+/// `ctx` must be a valid, not yet opened decoder context.
+pub unsafe fn attach_cuda(ctx: *mut ffi::AVCodecContext, device: usize) -> Result<(), String> {
+    let mut hw: *mut ffi::AVBufferRef = ptr::null_mut();
+    let name = std::ffi::CString::new(device.to_string()).expect("digits");
+    let err = ffi::av_hwdevice_ctx_create(
+        &mut hw,
+        ffi::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
+        name.as_ptr(),
+        ptr::null_mut(),
+        0,
+    );
+    if err < 0 {
+        return Err(format!(
+            "cannot open CUDA device {device} for NVDEC: {}",
+            ffmpeg_next::Error::from(err)
+        ));
+    }
+    (*ctx).hw_device_ctx = hw;
+    (*ctx).get_format = Some(prefer_cuda);
+    Ok(())
+}
+
+unsafe extern "C" fn prefer_cuda(
+    _ctx: *mut ffi::AVCodecContext,
+    formats: *const ffi::AVPixelFormat,
+) -> ffi::AVPixelFormat {
+    let mut software = ffi::AVPixelFormat::AV_PIX_FMT_NONE;
+    let mut p = formats;
+    while *p != ffi::AVPixelFormat::AV_PIX_FMT_NONE {
+        if *p == ffi::AVPixelFormat::AV_PIX_FMT_CUDA {
+            return *p;
+        }
+        let hardware = ffi::av_pix_fmt_desc_get(*p)
+            .as_ref()
+            .is_some_and(|d| d.flags & ffi::AV_PIX_FMT_FLAG_HWACCEL as u64 != 0);
+        if !hardware && software == ffi::AVPixelFormat::AV_PIX_FMT_NONE {
+            software = *p;
+        }
+        p = p.add(1);
+    }
+    software
+}
+
+pub fn is_hardware_frame(frame: &frame::Video) -> bool {
+    frame.format() == Pixel::CUDA
+}
+
+/// Copies a CUDA surface to host memory (NV12 or P010), keeping timestamps and colour tags.
+pub fn download(frame: &frame::Video) -> Result<frame::Video, String> {
+    let mut host = frame::Video::empty();
+    // SAFETY: both frames are valid; av_hwframe_transfer_data allocates the host buffers.
+    unsafe {
+        let err = ffi::av_hwframe_transfer_data(host.as_mut_ptr(), frame.as_ptr(), 0);
+        if err < 0 {
+            return Err(format!(
+                "cannot copy an NVDEC frame to the host: {}",
+                ffmpeg_next::Error::from(err)
+            ));
+        }
+        ffi::av_frame_copy_props(host.as_mut_ptr(), frame.as_ptr());
+    }
+    Ok(host)
+}

@@ -1,0 +1,180 @@
+//! One video run: check the paths, open the input, set up the save phase (a video or a frames
+//! folder) and the upscaler, run the pipeline, and sum it up.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+
+use crate::backend::{BackendKind, DeviceInfo};
+use crate::cli::{Config, HwDecArg};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::pipeline::{self, Save};
+use crate::progress::Progress;
+use crate::upscale::Upscaler;
+use crate::video::colour;
+use crate::video::decode::{self, HwDecode};
+use crate::video::encode::{self, Sink};
+use crate::video::frames_dir::FramesDir;
+use crate::{memory_budget, report, resolve_precision, Summary, VideoSummary};
+
+/// Refuses, before any work, what would fail or destroy data at the end.
+pub fn check_paths(config: &Config) -> Result<()> {
+    let (input, output) = (&config.input, &config.output);
+    if !input.exists() {
+        return Err(Error::InputMissing {
+            path: input.clone(),
+        });
+    }
+    if config.video.frames.is_some() {
+        return if output.is_file() {
+            Err(Error::Usage(format!(
+                "{}: --frames writes a folder, and this is a file",
+                output.display()
+            )))
+        } else {
+            Ok(())
+        };
+    }
+    if output.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: is a folder; give a video file name, or add --frames png to write pictures",
+            output.display()
+        )));
+    }
+    encode::container_for(output)?;
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
+        if a == b {
+            return Err(Error::OutputIsInput {
+                path: output.clone(),
+            });
+        }
+    }
+    if output.exists() && !config.overwrite {
+        return Err(Error::OutputExists {
+            path: output.clone(),
+        });
+    }
+    Ok(())
+}
+
+pub fn run<B: Backend>(
+    device: &B::Device,
+    info: &DeviceInfo,
+    config: &Config,
+    model: &Model,
+) -> Result<Summary> {
+    let start = Instant::now();
+    let precision = resolve_precision::<B>(config.precision, info, device)?;
+    let hwdec = match (config.video.hwdec, info.backend) {
+        (HwDecArg::Auto, BackendKind::Cuda) => HwDecode::Cuda { device: info.index },
+        (HwDecArg::Cuda, BackendKind::Cuda) => HwDecode::Cuda { device: info.index },
+        (HwDecArg::Cuda, _) => HwDecode::Cuda {
+            device: config.device.unwrap_or(0),
+        },
+        _ => HwDecode::None,
+    };
+    let errors_before = crate::video::ffmpeg_errors();
+    let source = decode::open(&config.input, hwdec)?;
+    let v = source.info.clone();
+    log::info!(
+        "input {} {}x{} {:?}, {:.3} fps, {:?} {} range; decoding with {}",
+        v.codec,
+        v.width,
+        v.height,
+        v.format,
+        f64::from(v.frame_rate),
+        v.colour.matrix,
+        if v.colour.full_range { "full" } else { "limited" },
+        v.decoder
+    );
+    let deep = colour::bit_depth(v.format) > 8;
+    let (save, encoder) = match &config.video.frames {
+        Some(extension) => (
+            Save::Frames(FramesDir::create(
+                &config.output,
+                extension,
+                v.frames_estimate,
+                deep,
+                config.overwrite,
+                config.jpeg_quality,
+            )?),
+            format!("{extension} pictures"),
+        ),
+        None => {
+            let sink = Sink::create(
+                &source.input,
+                &v,
+                model.scale,
+                &config.output,
+                &config.video.encode,
+            )?;
+            let name = sink.encoder_name.clone();
+            (Save::Video(Box::new(sink)), name)
+        }
+    };
+    let mut upscaler =
+        Upscaler::<B>::new(model, precision, device, config.tile, memory_budget(info));
+    log::info!(
+        "model {} x{} in {precision}, tiles up to {} px",
+        model.name,
+        model.scale,
+        upscaler.tile()
+    );
+    let mut progress = Progress::frames(v.frames_estimate, config.quiet);
+    let outcome = pipeline::run(
+        &mut upscaler,
+        source,
+        save,
+        config.video.preload,
+        &mut progress,
+        &crate::interrupted,
+    );
+    progress.finish();
+    let outcome = outcome?;
+    let ffmpeg_errors = crate::video::ffmpeg_errors() - errors_before;
+    if outcome.decode.damaged_packets > 0 || ffmpeg_errors > 0 {
+        log::warn!(
+            "the input has damaged data: FFmpeg reported {ffmpeg_errors} error(s), {} video packet(s) were skipped; \
+the frames around them may be missing or show errors (UPFRAME_FFMPEG_LOG=warning shows them)",
+            outcome.decode.damaged_packets
+        );
+    }
+    let frames = outcome.frames.len() as u64;
+    let unique = outcome
+        .frames
+        .iter()
+        .filter(|f| f.source == f.index)
+        .count() as u64;
+    let summary = Summary {
+        files: 1,
+        input_pixels: frames * u64::from(v.width) * u64::from(v.height),
+        output_pixels: frames
+            * u64::from(v.width)
+            * u64::from(v.height)
+            * (model.scale * model.scale) as u64,
+        elapsed: start.elapsed().max(Duration::from_nanos(1)),
+        device: info.name.clone(),
+        backend: info.backend,
+        precision,
+        tile: upscaler.tile(),
+        model: model.name.clone(),
+        scale: model.scale,
+        forwards: upscaler.forwards,
+        outputs: vec![outcome.output.clone()],
+        video: Some(VideoSummary {
+            frames,
+            unique,
+            phases: outcome.phases.clone(),
+            decoder: v.decoder.clone(),
+            encoder,
+            damaged_packets: outcome.decode.damaged_packets,
+            ffmpeg_errors,
+            hardware_frames: outcome.decode.hardware_frames,
+        }),
+    };
+    if let Some(path) = &config.report {
+        report::write(path, config, &summary, Some(&outcome.frames))?;
+    }
+    Ok(summary)
+}
