@@ -202,3 +202,21 @@ fn time_forward<B: Backend>(
     times.sort();
     (times[times.len() / 2], times[0])
 }
+
+/// The decode phase alone (demux, decode, conversion to planar RGB) over a whole file: frames
+/// and seconds, and whether NVDEC really decoded them.
+pub fn decode_speed(
+    path: &std::path::Path,
+    hwdec: crate::video::decode::HwDecode,
+) -> crate::error::Result<(u64, Duration, String)> {
+    crate::video::init();
+    let source = crate::video::decode::open(path, hwdec)?;
+    let started = Instant::now();
+    let stats = source.run(&[], &|| false, |_| true)?;
+    let used = if stats.hardware_frames > 0 {
+        format!("nvdec ({} of {} frames)", stats.hardware_frames, stats.frames)
+    } else {
+        "software".to_string()
+    };
+    Ok((stats.frames, started.elapsed(), used))
+}

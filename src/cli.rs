@@ -104,7 +104,8 @@ pub struct Cli {
     #[arg(long, help_heading = "Video")]
     pub preset: Option<String>,
 
-    /// Hardware video decoding: auto uses NVDEC with the cuda backend, software otherwise
+    /// Hardware video decoding: auto uses NVDEC with the cuda backend (software where NVDEC lacks
+    /// the codec), software with the others; cuda forces NVDEC, none forces software
     #[arg(long, value_enum, default_value_t = HwDecArg::Auto, help_heading = "Video")]
     pub hwdec: HwDecArg,
 
@@ -173,6 +174,10 @@ pub struct BenchArgs {
     /// Also write the rows as JSON lines to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Instead of the model, time decoding this video (software, then NVDEC where present)
+    #[arg(long, value_name = "VIDEO")]
+    pub decode: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {

@@ -3,7 +3,22 @@
 
 use ffmpeg_next::Packet;
 
-use crate::upscale::Planar;
+use crate::upscale::{Planar, Rgb8};
+
+/// A decoded picture (planar, 0..1) or an upscaled one (packed 8-bit, or planar for deep output).
+pub enum Picture {
+    Planar(Planar),
+    Rgb8(Rgb8),
+}
+
+impl Picture {
+    pub fn size(&self) -> (usize, usize) {
+        match self {
+            Picture::Planar(p) => (p.width, p.height),
+            Picture::Rgb8(p) => (p.width, p.height),
+        }
+    }
+}
 
 pub struct Frame {
     /// Position in presentation order, from 0.
@@ -15,7 +30,7 @@ pub struct Frame {
     /// The frame whose upscaled picture this one uses: itself unless it is a duplicate.
     pub source: u64,
     /// The decoded picture before upscaling, the upscaled one after.
-    pub picture: Planar,
+    pub picture: Picture,
     /// Packets of copied streams read since the previous frame, in demux order.
     pub passthrough: Vec<Packet>,
 }

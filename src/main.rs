@@ -112,6 +112,9 @@ fn run(cli: Cli) -> Result<(), Error> {
 }
 
 fn bench(args: BenchArgs) -> Result<(), Error> {
+    if let Some(video) = &args.decode {
+        return bench_decode(video, args.device.unwrap_or(0));
+    }
     let model = upframe::model::load(&args.model, None)?;
     let plan = BenchPlan {
         backend: args.backend.choice(),
@@ -154,6 +157,21 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
     if let Some(path) = args.json {
         let text: String = json.iter().map(|j| format!("{j}\n")).collect();
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn bench_decode(video: &std::path::Path, device: usize) -> Result<(), Error> {
+    use upframe::video::decode::HwDecode;
+    println!("decode phase (demux, decode, convert to planar RGB) of {}", video.display());
+    for hwdec in [HwDecode::None, HwDecode::Cuda { device }] {
+        let (frames, elapsed, used) = upframe::bench::decode_speed(video, hwdec)?;
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "{:<24} {frames:>6} frames {secs:>8.2} s {:>9.1} fps",
+            used,
+            frames as f64 / secs.max(1e-9)
+        );
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use ffmpeg_next::Rational;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::frame::{Frame, Message};
+use crate::frame::{Frame, Message, Picture};
 use crate::progress::Progress;
 use crate::upscale::Upscaler;
 use crate::video::decode::{DecodeStats, Source};
@@ -29,6 +29,16 @@ use crate::video::frames_dir::FramesDir;
 pub enum Save {
     Video(Box<Sink>),
     Frames(FramesDir),
+}
+
+impl Save {
+    /// Whether 8-bit pictures suffice (they are then quantised on the device).
+    fn takes_rgb8(&self) -> bool {
+        match self {
+            Save::Video(sink) => !sink.is_deep(),
+            Save::Frames(dir) => !dir.is_deep(),
+        }
+    }
 }
 
 /// One line of the report per frame.
@@ -77,6 +87,7 @@ pub fn run<B: Backend>(
         Save::Video(sink) => sink.copy_map(),
         Save::Frames(_) => Vec::new(),
     };
+    let rgb8 = save.takes_rgb8();
     let (to_upscale, decoded) = sync_channel::<Message>(preload.max(1));
     let (to_save, upscaled) = sync_channel::<Message>(2);
     thread::scope(|scope| {
@@ -84,7 +95,7 @@ pub fn run<B: Backend>(
             source.run(&copy_map, interrupted, |message| to_upscale.send(message).is_ok())
         });
         let saving = scope.spawn(move || save_phase(save, upscaled));
-        let upscaling = upscale_phase(upscaler, decoded, to_save, time_base, progress, interrupted);
+        let upscaling = upscale_phase(upscaler, decoded, to_save, rgb8, time_base, progress, interrupted);
         let decode = join(decoding);
         let saved = join(saving);
         // The phase that failed first explains the others' stopping; interruption wins.
@@ -131,6 +142,7 @@ fn upscale_phase<B: Backend>(
     upscaler: &mut Upscaler<B>,
     decoded: Receiver<Message>,
     to_save: SyncSender<Message>,
+    rgb8: bool,
     time_base: Rational,
     progress: &mut Progress,
     interrupted: &dyn Fn() -> bool,
@@ -151,7 +163,14 @@ fn upscale_phase<B: Backend>(
                     return Err(Error::Interrupted);
                 }
                 let started = Instant::now();
-                let picture = upscaler.upscale(&frame.picture, interrupted)?;
+                let Picture::Planar(decoded) = &frame.picture else {
+                    unreachable!("the decoder sends planar pictures");
+                };
+                let picture = if rgb8 {
+                    Picture::Rgb8(upscaler.upscale_rgb8(decoded, interrupted)?)
+                } else {
+                    Picture::Planar(upscaler.upscale(decoded, interrupted)?)
+                };
                 busy += started.elapsed();
                 records.push(FrameRecord {
                     index: frame.index,
@@ -194,8 +213,7 @@ fn save_phase(mut save: Save, upscaled: Receiver<Message>) -> Result<Option<Save
                         for packet in packets {
                             sink.copy_packet(packet)?;
                         }
-                        let busy = sink.busy;
-                        let output = sink.finish()?;
+                        let (output, busy) = sink.finish()?;
                         Ok(Some(Saved { output, busy }))
                     }
                     Save::Frames(dir) => Ok(Some(Saved {

@@ -34,6 +34,7 @@ pub fn write(
             "preset": config.video.encode.preset,
             "preload": config.video.preload,
         },
+        "peak_rss_mib": peak_rss_mib(),
         "timings": {
             "wall_s": summary.elapsed.as_secs_f64(),
             "phases": video.map(|v| &v.phases),
@@ -59,4 +60,12 @@ pub fn write(
     std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| Error::io(path, e))?;
     file.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// The process's peak resident memory so far (Linux), to show that it stays bounded.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

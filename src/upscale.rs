@@ -64,6 +64,95 @@ impl Planar {
     }
 }
 
+/// 8-bit RGB, one u32 per pixel holding R | G << 8 | B << 16: FFmpeg's RGB0 layout on a
+/// little-endian host. The model's output is quantised and packed on the device, so a quarter of
+/// the bytes of f32 planes cross the bus and the encoder reads it without another pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rgb8 {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u32>,
+}
+
+impl Rgb8 {
+    pub fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
+        let v = self.data[y * self.width + x];
+        [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+    }
+}
+
+/// What a tile's output is read back as, and how tiles are put together.
+pub trait TileOutput: Sized {
+    fn blank(width: usize, height: usize) -> Self;
+    fn read<B: Backend>(output: Tensor<B, 4>) -> Result<Self, String>;
+    #[allow(clippy::too_many_arguments)]
+    fn paste(&mut self, src: &Self, sx: usize, sy: usize, w: usize, h: usize, dx: usize, dy: usize);
+    fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> Self;
+}
+
+impl TileOutput for Planar {
+    fn blank(width: usize, height: usize) -> Self {
+        Planar::new(3, width, height)
+    }
+    fn read<B: Backend>(output: Tensor<B, 4>) -> Result<Self, String> {
+        let [_, c, h, w] = output.dims();
+        let values = output
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| format!("reading the result back: {e:?}"))?;
+        Ok(Planar {
+            channels: c,
+            width: w,
+            height: h,
+            data: values,
+        })
+    }
+    fn paste(&mut self, src: &Self, sx: usize, sy: usize, w: usize, h: usize, dx: usize, dy: usize) {
+        Planar::paste(self, src, sx, sy, w, h, dx, dy)
+    }
+    fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> Self {
+        Planar::crop(self, x0, y0, w, h)
+    }
+}
+
+impl TileOutput for Rgb8 {
+    fn blank(width: usize, height: usize) -> Self {
+        Rgb8 {
+            width,
+            height,
+            data: vec![0; width * height],
+        }
+    }
+    fn read<B: Backend>(output: Tensor<B, 4>) -> Result<Self, String> {
+        let [_, _, h, w] = output.dims();
+        let q = output.clamp(0.0, 1.0).mul_scalar(255.0).round();
+        let channel = |c: usize| q.clone().slice([0..1, c..c + 1, 0..h, 0..w]);
+        // Below 2^24, so exact in f32.
+        let packed = channel(0) + channel(1).mul_scalar(256.0) + channel(2).mul_scalar(65536.0);
+        let values = packed
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| format!("reading the result back: {e:?}"))?;
+        Ok(Rgb8 {
+            width: w,
+            height: h,
+            data: values.into_iter().map(|v| v as u32).collect(),
+        })
+    }
+    fn paste(&mut self, src: &Self, sx: usize, sy: usize, w: usize, h: usize, dx: usize, dy: usize) {
+        for y in 0..h {
+            let s = (sy + y) * src.width + sx;
+            let d = (dy + y) * self.width + dx;
+            self.data[d..d + w].copy_from_slice(&src.data[s..s + w]);
+        }
+    }
+    fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> Self {
+        let mut out = Rgb8::blank(w, h);
+        out.paste(self, x0, y0, w, h, 0, 0);
+        out
+    }
+}
+
 /// How big a tile may be, in input pixels per side. `Auto` derives it from device memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TileSize {
@@ -95,6 +184,21 @@ pub struct Upscaler<B: Backend> {
     tile: usize,
     /// Forward calls made, counted so tests can assert the model ran exactly as often as needed.
     pub forwards: u64,
+    /// Where the time goes, for `-v` and the report.
+    pub profile: Profile,
+}
+
+/// Time spent in each step of upscaling, summed over calls.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Profile {
+    /// Mirror padding, cropping and pasting tiles on the host.
+    pub host_s: f64,
+    /// Creating the input tensor (the upload is queued).
+    pub upload_s: f64,
+    /// Queueing the network (asynchronous backends return before it has run).
+    pub queue_s: f64,
+    /// Waiting for the result and reading it back (includes the network's run time).
+    pub readback_s: f64,
 }
 
 impl<B: Backend> Upscaler<B> {
@@ -116,6 +220,7 @@ impl<B: Backend> Upscaler<B> {
             edge_pad: if model.is_resize { 0 } else { EDGE_PAD },
             tile,
             forwards: 0,
+            profile: Profile::default(),
         }
     }
 
@@ -130,15 +235,29 @@ impl<B: Backend> Upscaler<B> {
     /// Upscales a 3-channel image. On a device out-of-memory the tile size halves and the whole
     /// image is redone, down to 32 pixels; then it fails.
     pub fn upscale(&mut self, image: &Planar, interrupted: &dyn Fn() -> bool) -> Result<Planar> {
+        self.upscale_as(image, interrupted)
+    }
+
+    /// As `upscale`, quantised to 8 bits and packed on the device.
+    pub fn upscale_rgb8(&mut self, image: &Planar, interrupted: &dyn Fn() -> bool) -> Result<Rgb8> {
+        self.upscale_as(image, interrupted)
+    }
+
+    fn upscale_as<O: TileOutput>(
+        &mut self,
+        image: &Planar,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<O> {
+        let started = std::time::Instant::now();
         let pad = self.edge_pad.min(image.width - 1).min(image.height - 1);
         let padded = reflect_pad(image, pad);
+        self.profile.host_s += started.elapsed().as_secs_f64();
         let s = self.scale;
+        // The part of the padded result that is the picture.
+        let keep = (pad * s, pad * s, image.width * s, image.height * s);
         loop {
-            match self.try_upscale(&padded, interrupted) {
-                Ok(out) if pad == 0 => return Ok(out),
-                Ok(out) => {
-                    return Ok(out.crop(pad * s, pad * s, image.width * s, image.height * s))
-                }
+            match self.try_upscale::<O>(&padded, keep, interrupted) {
+                Ok(out) => return Ok(out),
                 Err(Failure::OutOfMemory(reason)) if self.tile > MIN_TILE => {
                     let smaller = (self.tile / 2).max(MIN_TILE);
                     log::warn!(
@@ -162,14 +281,21 @@ impl<B: Backend> Upscaler<B> {
         }
     }
 
-    fn try_upscale(
+    /// The upscaled picture, `keep` cut out of it: on the device when one tile covers the
+    /// picture, so that the padding is never read back.
+    fn try_upscale<O: TileOutput>(
         &mut self,
         image: &Planar,
+        keep: (usize, usize, usize, usize),
         interrupted: &dyn Fn() -> bool,
-    ) -> Result<Planar, Failure> {
+    ) -> Result<O, Failure> {
         let s = self.scale;
-        let mut out = Planar::new(image.channels, image.width * s, image.height * s);
-        for (x0, y0, w, h) in tiles(image.width, image.height, self.tile) {
+        let tiles = tiles(image.width, image.height, self.tile);
+        if tiles.len() == 1 {
+            return self.run::<O>(image, Some(keep));
+        }
+        let mut out = O::blank(image.width * s, image.height * s);
+        for (x0, y0, w, h) in tiles {
             if interrupted() {
                 return Err(Failure::Interrupted);
             }
@@ -178,7 +304,7 @@ impl<B: Backend> Upscaler<B> {
             let px1 = (x0 + w + self.overlap).min(image.width);
             let py1 = (y0 + h + self.overlap).min(image.height);
             let region = image.crop(px0, py0, px1 - px0, py1 - py0);
-            let result = self.run(&region)?;
+            let result = self.run::<O>(&region, None)?;
             out.paste(
                 &result,
                 (x0 - px0) * s,
@@ -189,30 +315,41 @@ impl<B: Backend> Upscaler<B> {
                 y0 * s,
             );
         }
+        let started = std::time::Instant::now();
+        let (x, y, w, h) = keep;
+        let whole = (0, 0, image.width * s, image.height * s);
+        let out = if keep == whole { out } else { out.crop(x, y, w, h) };
+        self.profile.host_s += started.elapsed().as_secs_f64();
         Ok(out)
     }
 
-    fn run(&mut self, region: &Planar) -> Result<Planar, Failure> {
+    fn run<O: TileOutput>(
+        &mut self,
+        region: &Planar,
+        keep: Option<(usize, usize, usize, usize)>,
+    ) -> Result<O, Failure> {
         self.forwards += 1;
         let net = &self.net;
+        let profile = &mut self.profile;
         let attempt = catch_unwind(AssertUnwindSafe(|| {
+            let t0 = std::time::Instant::now();
             let shape = [1, region.channels, region.height, region.width];
             let input = Tensor::<B, 4>::from_data(
                 TensorData::new(region.data.clone(), shape),
                 net.device(),
             );
-            let output = net.forward(input);
-            let [_, c, h, w] = output.dims();
-            let values = output
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| format!("reading the result back: {e:?}"))?;
-            Ok::<_, String>(Planar {
-                channels: c,
-                width: w,
-                height: h,
-                data: values,
-            })
+            let t1 = std::time::Instant::now();
+            let mut output = net.forward(input);
+            if let Some((x, y, w, h)) = keep {
+                let c = output.dims()[1];
+                output = output.slice([0..1, 0..c, y..y + h, x..x + w]);
+            }
+            let t2 = std::time::Instant::now();
+            let result = O::read(output);
+            profile.upload_s += (t1 - t0).as_secs_f64();
+            profile.queue_s += (t2 - t1).as_secs_f64();
+            profile.readback_s += t2.elapsed().as_secs_f64();
+            result
         }));
         match attempt {
             Ok(Ok(planar)) => Ok(planar),

@@ -67,12 +67,17 @@ pub fn run<B: Backend>(
     let start = Instant::now();
     let precision = resolve_precision::<B>(config.precision, info, device)?;
     let hwdec = match (config.video.hwdec, info.backend) {
-        (HwDecArg::Auto, BackendKind::Cuda) => HwDecode::Cuda { device: info.index },
-        (HwDecArg::Cuda, BackendKind::Cuda) => HwDecode::Cuda { device: info.index },
+        (HwDecArg::Auto | HwDecArg::Cuda, BackendKind::Cuda) => {
+            HwDecode::Cuda { device: info.index }
+        }
         (HwDecArg::Cuda, _) => HwDecode::Cuda {
             device: config.device.unwrap_or(0),
         },
-        _ => HwDecode::None,
+        (HwDecArg::Auto, _) => {
+            log::debug!("decoding in software: NVDEC is used with the cuda backend (--hwdec cuda forces it)");
+            HwDecode::None
+        }
+        (HwDecArg::None, _) => HwDecode::None,
     };
     let errors_before = crate::video::ffmpeg_errors();
     let source = decode::open(&config.input, hwdec)?;
@@ -132,6 +137,7 @@ pub fn run<B: Backend>(
     );
     progress.finish();
     let outcome = outcome?;
+    log::debug!("upscale phase profile: {:?}", upscaler.profile);
     let ffmpeg_errors = crate::video::ffmpeg_errors() - errors_before;
     if outcome.decode.damaged_packets > 0 || ffmpeg_errors > 0 {
         log::warn!(

@@ -396,3 +396,32 @@ fn cuda_fp16_convolution_kernels() {
         "{results:?}"
     );
 }
+
+/// The video path reads the model's output back quantised and packed on the device; it must equal
+/// the planar result quantised on the host, on every backend.
+#[test]
+fn rgb8_readback_equals_host_quantised_output() {
+    fn check<B: Backend>(device: &B::Device, name: &str) {
+        let model = upframe::model::load(upframe::model::DEFAULT_MODEL, None).unwrap();
+        let input = crop(&photo(), 24, 16);
+        let budget = upframe::upscale::MemoryBudget { bytes: 1 << 30, max_binding: None };
+        let mut up = upframe::upscale::Upscaler::<B>::new(&model, Precision::F32, device, TileSize::Auto, budget);
+        let planar = up.upscale(&input, &|| false).unwrap();
+        let packed = up.upscale_rgb8(&input, &|| false).unwrap();
+        let (w, h) = (planar.width, planar.height);
+        assert_eq!((packed.width, packed.height), (w, h));
+        for y in 0..h {
+            for x in 0..w {
+                let q = |c: usize| (planar.data[(c * h + y) * w + x] * 255.0).round() as u8;
+                assert_eq!(packed.rgb(x, y), [q(0), q(1), q(2)], "{name} at ({x}, {y})");
+            }
+        }
+    }
+    check::<burn::backend::NdArray>(&burn::backend::ndarray::NdArrayDevice::Cpu, "cpu");
+    if let Some((device, _)) = wgpu() {
+        check::<burn::backend::Wgpu>(&device, "wgpu");
+    }
+    if let Some(Selected::Cuda(device, _)) = selected(BackendKind::Cuda) {
+        check::<Cuda>(&device, "cuda");
+    }
+}

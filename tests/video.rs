@@ -182,6 +182,7 @@ fn mkv_keeps_audio_subtitles_chapters_attachments_and_timestamps() {
         "-c:v", "libx264", "-pix_fmt", "yuv420p",
         "-c:a:0", "aac", "-c:a:1", "libopus", "-c:s", "srt",
         "-metadata:s:a:0", "language=jpn", "-metadata:s:s:0", "language=eng",
+        "-metadata:s:v:0", "language=fra",
         "-attach", p(&font), "-metadata:s:t", "mimetype=application/x-truetype-font",
         p(&input),
     ]);
@@ -200,6 +201,7 @@ fn mkv_keeps_audio_subtitles_chapters_attachments_and_timestamps() {
     let out_streams = streams(&output);
     assert_eq!(out_streams[0]["width"], 256);
     assert_eq!(out_streams[0]["height"], 192);
+    assert_eq!(out_streams[0]["tags"]["language"], "fra");
     assert_eq!(out_streams[1]["tags"]["language"], "jpn");
     assert_eq!(out_streams[3]["tags"]["language"], "eng");
     assert_eq!(out_streams[4]["tags"]["filename"], "font.ttf");

@@ -8,7 +8,8 @@ use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color::{Range, Space};
 use ffmpeg_next::util::frame;
 
-use crate::upscale::Planar;
+use crate::frame::Picture;
+use crate::upscale::{Planar, Rgb8};
 
 /// How a stream's samples map to RGB. Unspecified values are resolved the way players do:
 /// BT.709 for HD, BT.601 below 720 lines, limited range unless the format says full.
@@ -77,7 +78,7 @@ pub fn chroma_shift(format: Pixel) -> (u8, u8) {
 /// stream changes mid-way.
 struct Scaler {
     ctx: *mut ffi::SwsContext,
-    key: (Pixel, u32, u32, Colour),
+    key: (Pixel, Pixel, u32, u32, Colour),
 }
 
 // SAFETY: a swscale context has no thread affinity; it is only ever used by its one owner.
@@ -87,7 +88,7 @@ impl Scaler {
     fn new() -> Self {
         Self {
             ctx: ptr::null_mut(),
-            key: (Pixel::None, 0, 0, Colour::resolve(Space::BT709, Range::MPEG, Pixel::None, 0)),
+            key: (Pixel::None, Pixel::None, 0, 0, Colour::resolve(Space::BT709, Range::MPEG, Pixel::None, 0)),
         }
     }
 
@@ -101,8 +102,7 @@ impl Scaler {
         colour: Colour,
         yuv_is_source: bool,
     ) -> Result<*mut ffi::SwsContext, String> {
-        let yuv = if yuv_is_source { src } else { dst };
-        let key = (yuv, width, height, colour);
+        let key = (src, dst, width, height, colour);
         if !self.ctx.is_null() && self.key == key {
             return Ok(self.ctx);
         }
@@ -239,6 +239,43 @@ impl FromRgb {
 
     pub fn convert(
         &mut self,
+        picture: &Picture,
+        format: Pixel,
+        colour: Colour,
+    ) -> Result<frame::Video, String> {
+        match picture {
+            Picture::Planar(p) => self.convert_planar(p, format, colour),
+            Picture::Rgb8(p) => self.convert_rgb8(p, format, colour),
+        }
+    }
+
+    fn convert_rgb8(&mut self, image: &Rgb8, format: Pixel, colour: Colour) -> Result<frame::Video, String> {
+        let (w, h) = (image.width as u32, image.height as u32);
+        let mut out = frame::Video::new(format, w, h);
+        let ctx = self.scaler.get(Pixel::RGBZ, format, w, h, colour, false)?;
+        let data: &[u8] = bytemuck::cast_slice(&image.data);
+        let src = [data.as_ptr(), ptr::null(), ptr::null(), ptr::null()];
+        let stride = [4 * w as i32, 0, 0, 0];
+        // SAFETY: `data` holds h rows of w packed pixels; `out` is allocated for w×h in `format`.
+        unsafe {
+            let dst = out.as_mut_ptr();
+            ffi::sws_scale(
+                ctx,
+                src.as_ptr(),
+                stride.as_ptr(),
+                0,
+                h as i32,
+                (*dst).data.as_ptr(),
+                (*dst).linesize.as_ptr(),
+            );
+        }
+        out.set_color_space(colour.matrix);
+        out.set_color_range(colour.range());
+        Ok(out)
+    }
+
+    fn convert_planar(
+        &mut self,
         image: &Planar,
         format: Pixel,
         colour: Colour,
@@ -332,7 +369,7 @@ mod tests {
                         image.data[c * 32 + i] = swatch[i / 8][c];
                     }
                 }
-                let yuv = FromRgb::new().convert(&image, format, colour).unwrap();
+                let yuv = FromRgb::new().convert(&Picture::Planar(image.clone()), format, colour).unwrap();
                 let back = ToRgb::new().convert(&yuv, colour).unwrap();
                 let worst = image
                     .data
@@ -341,6 +378,31 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
                 assert!(worst < 2.5 / 255.0, "{matrix:?} {format:?}: off by {worst}");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_rgb8_converts_like_planar() {
+        crate::video::init();
+        let colour = Colour { matrix: Space::BT709, full_range: false };
+        let (w, h) = (6, 4);
+        let mut planar = Planar::new(3, w, h);
+        let mut packed = Rgb8 { width: w, height: h, data: vec![0; w * h] };
+        for i in 0..w * h {
+            let rgb = [(i * 37 % 256) as u32, (i * 91 % 256) as u32, (i * 13 % 256) as u32];
+            for c in 0..3 {
+                planar.data[c * w * h + i] = rgb[c] as f32 / 255.0;
+            }
+            packed.data[i] = rgb[0] | rgb[1] << 8 | rgb[2] << 16;
+        }
+        let mut to_yuv = FromRgb::new();
+        let a = to_yuv.convert(&Picture::Planar(planar), Pixel::YUV444P, colour).unwrap();
+        let b = to_yuv.convert(&Picture::Rgb8(packed), Pixel::YUV444P, colour).unwrap();
+        for plane in 0..3 {
+            for y in 0..h {
+                let row = |f: &frame::Video| f.data(plane)[y * f.stride(plane)..][..w].to_vec();
+                assert_eq!(row(&a), row(&b), "plane {plane} row {y}");
             }
         }
     }

@@ -16,7 +16,7 @@ use ffmpeg_next::{ffi, media, Packet, Rational};
 use super::colour::{Colour, ToRgb};
 use super::hwdec;
 use crate::error::{Error, Result};
-use crate::frame::{Frame, Message};
+use crate::frame::{Frame, Message, Picture};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HwDecode {
@@ -317,7 +317,7 @@ impl DecodeState {
                 pts,
                 duration,
                 source: self.stats.frames,
-                picture,
+                picture: Picture::Planar(picture),
                 passthrough: Vec::new(),
             };
             self.stats.frames += 1;

@@ -17,7 +17,7 @@ use tempfile::TempPath;
 use super::colour::{self, Colour, FromRgb};
 use super::decode::VideoInfo;
 use crate::error::{Error, Result};
-use crate::upscale::Planar;
+use crate::frame::Picture;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum VideoCodec {
@@ -152,7 +152,7 @@ impl Sink {
         for stream in input.streams() {
             let index = stream.index();
             if index == info.stream {
-                video_output = add_video_stream(&mut output, &encoder, info)
+                video_output = add_video_stream(&mut output, &encoder, info, &stream)
                     .map_err(|e| encode_error(target, e))?;
                 continue;
             }
@@ -203,7 +203,12 @@ impl Sink {
         self.copies.iter().map(|c| c.map(|c| c.output)).collect()
     }
 
-    pub fn write_frame(&mut self, picture: &Planar, pts: i64, duration: i64) -> Result<()> {
+    /// Whether the output has more than 8 bits per sample (and so wants planar f32 pictures).
+    pub fn is_deep(&self) -> bool {
+        colour::bit_depth(self.format) > 8
+    }
+
+    pub fn write_frame(&mut self, picture: &Picture, pts: i64, duration: i64) -> Result<()> {
         let started = Instant::now();
         let mut frame = self
             .to_yuv
@@ -234,8 +239,9 @@ impl Sink {
             .map_err(|e| encode_error(&self.target, e))
     }
 
-    /// Flushes the encoder, writes the trailer and renames the file into place.
-    pub fn finish(mut self) -> Result<PathBuf> {
+    /// Flushes the encoder, writes the trailer and renames the file into place. Returns the path
+    /// and the time this phase was busy.
+    pub fn finish(mut self) -> Result<(PathBuf, Duration)> {
         let started = Instant::now();
         self.encoder
             .send_eof()
@@ -245,11 +251,17 @@ impl Sink {
             .write_trailer()
             .map_err(|e| encode_error(&self.target, e))?;
         self.busy += started.elapsed();
-        let Sink { output, temp, target, .. } = self;
+        let Sink {
+            output,
+            temp,
+            target,
+            busy,
+            ..
+        } = self;
         drop(output);
         temp.persist(&target)
             .map_err(|e| encode_error(&target, format!("cannot rename the finished file: {}", e.error)))?;
-        Ok(target)
+        Ok((target, busy))
     }
 
     fn output_time_base(&self, index: usize) -> Rational {
@@ -484,6 +496,7 @@ fn add_video_stream(
     output: &mut Output,
     encoder: &encoder::Video,
     info: &VideoInfo,
+    input: &ffmpeg_next::format::stream::Stream,
 ) -> Result<usize, ffmpeg_next::Error> {
     let mut stream = output.add_stream(encoder.codec())?;
     stream.set_parameters(encoder);
@@ -494,6 +507,10 @@ fn add_video_stream(
     unsafe {
         let st = *(*output.as_mut_ptr()).streams.add(index);
         (*(*st).codecpar).codec_tag = 0;
+        // The track's language, title and disposition; the encoder tag is the new encoder's.
+        (*st).disposition = (*input.as_ptr()).disposition;
+        ffi::av_dict_copy(&mut (*st).metadata, (*input.as_ptr()).metadata, 0);
+        ffi::av_dict_set(&mut (*st).metadata, c"encoder".as_ptr(), ptr::null(), 0);
         if let Some(matrix) = &info.display_matrix {
             let data = ffi::av_stream_new_side_data(
                 st,

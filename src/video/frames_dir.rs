@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::images;
-use crate::upscale::Planar;
+use crate::frame::Picture;
 
 pub struct FramesDir {
     dir: PathBuf,
@@ -59,9 +59,20 @@ impl FramesDir {
             .join(format!("{index:0width$}.{}", self.extension, width = self.digits))
     }
 
-    pub fn write(&mut self, index: u64, picture: &Planar) -> Result<()> {
+    pub fn is_deep(&self) -> bool {
+        self.sixteen_bit
+    }
+
+    pub fn write(&mut self, index: u64, picture: &Picture) -> Result<()> {
         let started = Instant::now();
-        let image = images::assemble(picture, None, false, self.sixteen_bit);
+        let image = match picture {
+            Picture::Planar(p) => images::assemble(p, None, false, self.sixteen_bit),
+            Picture::Rgb8(p) => image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(
+                p.width as u32,
+                p.height as u32,
+                |x, y| image::Rgb(p.rgb(x as usize, y as usize)),
+            )),
+        };
         images::write(image, &self.path(index), self.overwrite, self.quality)?;
         self.written += 1;
         self.busy += started.elapsed();

@@ -33,13 +33,17 @@ pub fn codec_supports_cuda(codec: *const ffi::AVCodec) -> bool {
 pub unsafe fn attach_cuda(ctx: *mut ffi::AVCodecContext, device: usize) -> Result<(), String> {
     let mut hw: *mut ffi::AVBufferRef = ptr::null_mut();
     let name = std::ffi::CString::new(device.to_string()).expect("digits");
+    // The device's primary context, which burn's CUDA backend uses too: one context, no switches.
+    let mut options: *mut ffi::AVDictionary = ptr::null_mut();
+    ffi::av_dict_set(&mut options, c"primary_ctx".as_ptr(), c"1".as_ptr(), 0);
     let err = ffi::av_hwdevice_ctx_create(
         &mut hw,
         ffi::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
         name.as_ptr(),
-        ptr::null_mut(),
+        options,
         0,
     );
+    ffi::av_dict_free(&mut options);
     if err < 0 {
         return Err(format!(
             "cannot open CUDA device {device} for NVDEC: {}",
