@@ -37,6 +37,6 @@ pub struct Frame {
 
 pub enum Message {
     Frame(Frame),
-    /// End of input, with the copied packets read after the last frame.
-    End(Vec<Packet>),
+    /// End of input: how many frames there were, and the copied packets read after the last one.
+    End { frames: u64, packets: Vec<Packet> },
 }

@@ -2,14 +2,17 @@
 //! bounded channel, so host memory stays bounded whatever the video's length:
 //!
 //! decode (thread) -> dedup (seam: every frame is its own source for now) -> preload buffer
-//! (a channel `preload` frames deep, keeping the GPU fed) -> upscale (this thread, which owns the
-//! device) -> save (thread: encode + mux, or a frames folder).
+//! (a channel `preload` frames deep, keeping the GPU fed) -> upscale (one thread per upscaler, so
+//! that one frame's host work overlaps another's device work) -> save (thread: puts frames back in
+//! order, then encode + mux, or a frames folder).
 //!
 //! A phase that fails drops its channels; the others see them close and stop, and the first real
 //! error is returned. The output is renamed into place only after the save phase saw the end.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -56,6 +59,7 @@ pub struct FrameRecord {
 pub struct PhaseTimes {
     pub decode_s: f64,
     pub dedup_s: f64,
+    /// Summed over the upscale threads.
     pub upscale_s: f64,
     pub save_s: f64,
     /// Time the upscale phase waited for decoded frames: above zero, decoding is the bottleneck.
@@ -75,13 +79,16 @@ struct Saved {
 }
 
 pub fn run<B: Backend>(
-    upscaler: &mut Upscaler<B>,
+    upscalers: &mut [Upscaler<B>],
     source: Source,
     save: Save,
     preload: usize,
     progress: &mut Progress,
     interrupted: &(dyn Fn() -> bool + Sync),
-) -> Result<VideoOutcome> {
+) -> Result<VideoOutcome>
+where
+    Upscaler<B>: Send,
+{
     let time_base = source.info.time_base;
     let copy_map = match &save {
         Save::Video(sink) => sink.copy_map(),
@@ -90,12 +97,29 @@ pub fn run<B: Backend>(
     let rgb8 = save.takes_rgb8();
     let (to_upscale, decoded) = sync_channel::<Message>(preload.max(1));
     let (to_save, upscaled) = sync_channel::<Message>(2);
+    let decoded = Mutex::new(Some(decoded));
     thread::scope(|scope| {
         let decoding = scope.spawn(move || {
             source.run(&copy_map, interrupted, |message| to_upscale.send(message).is_ok())
         });
-        let saving = scope.spawn(move || save_phase(save, upscaled));
-        let upscaling = upscale_phase(upscaler, decoded, to_save, rgb8, time_base, progress, interrupted);
+        let saving = scope.spawn(move || save_phase(save, upscaled, progress));
+        let workers: Vec<_> = upscalers
+            .iter_mut()
+            .map(|upscaler| {
+                let (decoded, to_save) = (&decoded, to_save.clone());
+                scope.spawn(move || upscale_phase(upscaler, decoded, to_save, rgb8, time_base, interrupted))
+            })
+            .collect();
+        drop(to_save);
+        let upscaling = workers.into_iter().map(join).try_fold(
+            (Vec::new(), Duration::ZERO, Duration::ZERO),
+            |(mut records, busy, starved), result| {
+                result.map(|(r, b, s)| {
+                    records.extend(r);
+                    (records, busy + b, starved + s)
+                })
+            },
+        );
         let decode = join(decoding);
         let saved = join(saving);
         // The phase that failed first explains the others' stopping; interruption wins.
@@ -109,6 +133,8 @@ pub fn run<B: Backend>(
             (Ok(_), Ok(u), Ok(_)) => u.clone(),
         };
         let decode = decode.expect("checked");
+        let mut frames = frames;
+        frames.sort_by_key(|f| f.index);
         let Some(saved) = saved.expect("checked") else {
             return Err(Error::Interrupted);
         };
@@ -140,19 +166,33 @@ type UpscaleResult = (Vec<FrameRecord>, Duration, Duration);
 
 fn upscale_phase<B: Backend>(
     upscaler: &mut Upscaler<B>,
-    decoded: Receiver<Message>,
+    decoded: &Mutex<Option<Receiver<Message>>>,
     to_save: SyncSender<Message>,
     rgb8: bool,
     time_base: Rational,
-    progress: &mut Progress,
     interrupted: &dyn Fn() -> bool,
 ) -> Result<UpscaleResult> {
+    // Whichever way this thread ends, the decoder must not wait for it: the first thread to end
+    // closes the channel, and the others stop after their current frame.
+    struct CloseOnExit<'a>(&'a Mutex<Option<Receiver<Message>>>);
+    impl Drop for CloseOnExit<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut receiver) = self.0.lock() {
+                receiver.take();
+            }
+        }
+    }
+    let _close = CloseOnExit(decoded);
     let mut records = Vec::new();
     let mut busy = Duration::ZERO;
     let mut starved = Duration::ZERO;
     loop {
         let waiting = Instant::now();
-        let Ok(message) = decoded.recv() else {
+        let next = match decoded.lock() {
+            Ok(guard) => guard.as_ref().map(|receiver| receiver.recv()),
+            Err(_) => None,
+        };
+        let Some(Ok(message)) = next else {
             // The decoder stopped without an end: its own error says why.
             return Ok((records, busy, starved));
         };
@@ -178,10 +218,9 @@ fn upscale_phase<B: Backend>(
                     time: frame.pts as f64 * f64::from(time_base),
                     source: frame.source,
                 });
-                progress.step(&format!("frame {}", frame.index));
                 Message::Frame(Frame { picture, ..frame })
             }
-            end @ Message::End(_) => {
+            end @ Message::End { .. } => {
                 let _ = to_save.send(end);
                 return Ok((records, busy, starved));
             }
@@ -193,36 +232,62 @@ fn upscale_phase<B: Backend>(
     }
 }
 
-/// Writes frames as they come; finishes the output only on `End`. Returns None when the input
-/// side stopped early (the temporary output is then removed).
-fn save_phase(mut save: Save, upscaled: Receiver<Message>) -> Result<Option<Saved>> {
+/// Writes frames in order as they come (the upscale threads may finish them out of order);
+/// finishes the output only once `End` came and every frame before it was written. Returns None
+/// when the input side stopped early (the temporary output is then removed).
+fn save_phase(
+    mut save: Save,
+    upscaled: Receiver<Message>,
+    progress: &mut Progress,
+) -> Result<Option<Saved>> {
+    let mut waiting: BTreeMap<u64, Frame> = BTreeMap::new();
+    let mut next = 0;
+    let mut end = None;
     for message in upscaled {
         match message {
-            Message::Frame(frame) => match &mut save {
-                Save::Video(sink) => {
-                    for packet in frame.passthrough {
-                        sink.copy_packet(packet)?;
-                    }
-                    sink.write_frame(&frame.picture, frame.pts, frame.duration)?;
-                }
-                Save::Frames(dir) => dir.write(frame.index, &frame.picture)?,
-            },
-            Message::End(packets) => {
-                return match save {
-                    Save::Video(mut sink) => {
-                        for packet in packets {
-                            sink.copy_packet(packet)?;
-                        }
-                        let (output, busy) = sink.finish()?;
-                        Ok(Some(Saved { output, busy }))
-                    }
-                    Save::Frames(dir) => Ok(Some(Saved {
-                        output: dir.dir().to_path_buf(),
-                        busy: dir.busy,
-                    })),
-                };
+            Message::Frame(frame) => {
+                waiting.insert(frame.index, frame);
             }
+            Message::End { frames, packets } => end = Some((frames, packets)),
+        }
+        while let Some(frame) = waiting.remove(&next) {
+            write(&mut save, frame)?;
+            progress.step(&format!("frame {next}"));
+            next += 1;
+        }
+        if matches!(&end, Some((frames, _)) if *frames == next) {
+            break;
         }
     }
-    Ok(None)
+    let Some((frames, packets)) = end else {
+        return Ok(None);
+    };
+    if frames != next {
+        return Ok(None);
+    }
+    match save {
+        Save::Video(mut sink) => {
+            for packet in packets {
+                sink.copy_packet(packet)?;
+            }
+            let (output, busy) = sink.finish()?;
+            Ok(Some(Saved { output, busy }))
+        }
+        Save::Frames(dir) => Ok(Some(Saved {
+            output: dir.dir().to_path_buf(),
+            busy: dir.busy,
+        })),
+    }
+}
+
+fn write(save: &mut Save, frame: Frame) -> Result<()> {
+    match save {
+        Save::Video(sink) => {
+            for packet in frame.passthrough {
+                sink.copy_packet(packet)?;
+            }
+            sink.write_frame(&frame.picture, frame.pts, frame.duration)
+        }
+        Save::Frames(dir) => dir.write(frame.index, &frame.picture),
+    }
 }

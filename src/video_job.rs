@@ -18,6 +18,9 @@ use crate::video::encode::{self, Sink};
 use crate::video::frames_dir::FramesDir;
 use crate::{memory_budget, report, resolve_precision, Summary, VideoSummary};
 
+/// Upscale threads on a GPU backend.
+const UPSCALE_THREADS: usize = 2;
+
 /// Refuses, before any work, what would fail or destroy data at the end.
 pub fn check_paths(config: &Config) -> Result<()> {
     let (input, output) = (&config.input, &config.output);
@@ -118,17 +121,21 @@ pub fn run<B: Backend>(
             (Save::Video(Box::new(sink)), name)
         }
     };
-    let mut upscaler =
-        Upscaler::<B>::new(model, precision, device, config.tile, memory_budget(info));
+    // Two upscalers on a GPU: while one waits for its result or works on the host, the other's
+    // frame runs on the device. The CPU backend parallelises inside each operation instead.
+    let workers = if info.backend == BackendKind::Cpu { 1 } else { UPSCALE_THREADS };
+    let mut upscalers: Vec<Upscaler<B>> = (0..workers)
+        .map(|_| Upscaler::<B>::new(model, precision, device, config.tile, memory_budget(info)))
+        .collect();
     log::info!(
-        "model {} x{} in {precision}, tiles up to {} px",
+        "model {} x{} in {precision}, tiles up to {} px, {workers} upscale thread(s)",
         model.name,
         model.scale,
-        upscaler.tile()
+        upscalers[0].tile()
     );
     let mut progress = Progress::frames(v.frames_estimate, config.quiet);
     let outcome = pipeline::run(
-        &mut upscaler,
+        &mut upscalers,
         source,
         save,
         config.video.preload,
@@ -137,7 +144,9 @@ pub fn run<B: Backend>(
     );
     progress.finish();
     let outcome = outcome?;
-    log::debug!("upscale phase profile: {:?}", upscaler.profile);
+    for (i, upscaler) in upscalers.iter().enumerate() {
+        log::debug!("upscale thread {i} profile: {:?}", upscaler.profile);
+    }
     let ffmpeg_errors = crate::video::ffmpeg_errors() - errors_before;
     if outcome.decode.damaged_packets > 0 || ffmpeg_errors > 0 {
         log::warn!(
@@ -163,10 +172,10 @@ the frames around them may be missing or show errors (UPFRAME_FFMPEG_LOG=warning
         device: info.name.clone(),
         backend: info.backend,
         precision,
-        tile: upscaler.tile(),
+        tile: upscalers.iter().map(|u| u.tile()).min().unwrap_or(0),
         model: model.name.clone(),
         scale: model.scale,
-        forwards: upscaler.forwards,
+        forwards: upscalers.iter().map(|u| u.forwards).sum(),
         outputs: vec![outcome.output.clone()],
         video: Some(VideoSummary {
             frames,

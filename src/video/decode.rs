@@ -363,7 +363,10 @@ impl DecodeState {
         if self.stats.frames == 0 {
             return Err(input_error(&self.path, "no video frames could be decoded"));
         }
-        emit(Message::End(std::mem::take(&mut self.passthrough)));
+        emit(Message::End {
+            frames: self.stats.frames,
+            packets: std::mem::take(&mut self.passthrough),
+        });
         Ok(self.stats)
     }
 
