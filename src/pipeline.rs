@@ -111,7 +111,9 @@ where
             })
             .collect();
         drop(to_save);
-        let upscaling = workers.into_iter().map(join).try_fold(
+        // Join every upscale thread before looking at any result.
+        let results: Vec<_> = workers.into_iter().map(join).collect();
+        let upscaling = results.into_iter().try_fold(
             (Vec::new(), Duration::ZERO, Duration::ZERO),
             |(mut records, busy, starved), result| {
                 result.map(|(r, b, s)| {

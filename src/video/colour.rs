@@ -159,6 +159,29 @@ impl Drop for Scaler {
     }
 }
 
+/// Runs `ctx` over a whole picture given by plane pointers and strides into `dst`.
+///
+/// # Safety
+/// The planes must hold `height` rows in the context's source format and size, and `dst` must be
+/// allocated in its destination format and size.
+unsafe fn scale_into(
+    ctx: *mut ffi::SwsContext,
+    planes: *const *const u8,
+    strides: *const i32,
+    height: u32,
+    dst: &mut frame::Video,
+) {
+    let d = dst.as_mut_ptr();
+    ffi::sws_scale(ctx, planes, strides, 0, height as i32, (*d).data.as_ptr(), (*d).linesize.as_ptr());
+}
+
+/// # Safety
+/// As `scale_into`, for a source frame.
+unsafe fn scale_frame(ctx: *mut ffi::SwsContext, src: &frame::Video, dst: &mut frame::Video) {
+    let s = src.as_ptr();
+    scale_into(ctx, (*s).data.as_ptr() as *const *const u8, (*s).linesize.as_ptr(), src.height(), dst);
+}
+
 /// Decoded frame -> planar RGB in 0..1, in 8-bit or 16-bit precision as the source has.
 pub struct ToRgb {
     scaler: Scaler,
@@ -184,19 +207,7 @@ impl ToRgb {
             .scaler
             .get(frame.format(), target, w, h, colour, true)?;
         // SAFETY: both frames are allocated for w×h in the formats the context was made for.
-        unsafe {
-            let src = frame.as_ptr();
-            let dst = self.rgb.as_mut_ptr();
-            ffi::sws_scale(
-                ctx,
-                (*src).data.as_ptr() as *const *const u8,
-                (*src).linesize.as_ptr(),
-                0,
-                h as i32,
-                (*dst).data.as_ptr(),
-                (*dst).linesize.as_ptr(),
-            );
-        }
+        unsafe { scale_frame(ctx, frame, &mut self.rgb) };
         let (w, h) = (w as usize, h as usize);
         let mut out = Planar::new(3, w, h);
         // GBRP stores G, B, R; the model wants R, G, B.
@@ -257,18 +268,7 @@ impl FromRgb {
         let src = [data.as_ptr(), ptr::null(), ptr::null(), ptr::null()];
         let stride = [4 * w as i32, 0, 0, 0];
         // SAFETY: `data` holds h rows of w packed pixels; `out` is allocated for w×h in `format`.
-        unsafe {
-            let dst = out.as_mut_ptr();
-            ffi::sws_scale(
-                ctx,
-                src.as_ptr(),
-                stride.as_ptr(),
-                0,
-                h as i32,
-                (*dst).data.as_ptr(),
-                (*dst).linesize.as_ptr(),
-            );
-        }
+        unsafe { scale_into(ctx, src.as_ptr(), stride.as_ptr(), h, &mut out) };
         out.set_color_space(colour.matrix);
         out.set_color_range(colour.range());
         Ok(out)
@@ -313,19 +313,7 @@ impl FromRgb {
             .scaler
             .get(source, format, w as u32, h as u32, colour, false)?;
         // SAFETY: both frames are allocated for w×h in the formats the context was made for.
-        unsafe {
-            let src = self.rgb.as_ptr();
-            let dst = out.as_mut_ptr();
-            ffi::sws_scale(
-                ctx,
-                (*src).data.as_ptr() as *const *const u8,
-                (*src).linesize.as_ptr(),
-                0,
-                h as i32,
-                (*dst).data.as_ptr(),
-                (*dst).linesize.as_ptr(),
-            );
-        }
+        unsafe { scale_frame(ctx, &self.rgb, &mut out) };
         out.set_color_space(colour.matrix);
         out.set_color_range(colour.range());
         Ok(out)
