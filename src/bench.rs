@@ -214,7 +214,10 @@ pub fn decode_speed(
     let started = Instant::now();
     let stats = source.run(&[], &|| false, |_| true)?;
     let used = if stats.hardware_frames > 0 {
-        format!("nvdec ({} of {} frames)", stats.hardware_frames, stats.frames)
+        format!(
+            "nvdec ({} of {} frames)",
+            stats.hardware_frames, stats.frames
+        )
     } else {
         "software".to_string()
     };

@@ -286,7 +286,9 @@ impl Cli {
                 },
                 hwdec: self.hwdec,
                 preload: usize::from(self.preload),
-                frames: self.frames.map(|f| if f == "jpeg" { "jpg".into() } else { f }),
+                frames: self
+                    .frames
+                    .map(|f| if f == "jpeg" { "jpg".into() } else { f }),
             },
             report: self.report,
         })

@@ -38,5 +38,8 @@ pub struct Frame {
 pub enum Message {
     Frame(Frame),
     /// End of input: how many frames there were, and the copied packets read after the last one.
-    End { frames: u64, packets: Vec<Packet> },
+    End {
+        frames: u64,
+        packets: Vec<Packet>,
+    },
 }

@@ -222,7 +222,9 @@ fn run_video(config: &Config) -> Result<Summary> {
     match selected {
         Selected::Cuda(device, info) => video_job::run::<Cuda>(&device, &info, config, &model),
         Selected::Wgpu(device, info) => video_job::run::<Wgpu>(&device, &info, config, &model),
-        Selected::Cpu(info) => video_job::run::<NdArray>(&NdArrayDevice::Cpu, &info, config, &model),
+        Selected::Cpu(info) => {
+            video_job::run::<NdArray>(&NdArrayDevice::Cpu, &info, config, &model)
+        }
     }
 }
 

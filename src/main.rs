@@ -163,7 +163,10 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
 
 fn bench_decode(video: &std::path::Path, device: usize) -> Result<(), Error> {
     use upframe::video::decode::HwDecode;
-    println!("decode phase (demux, decode, convert to planar RGB) of {}", video.display());
+    println!(
+        "decode phase (demux, decode, convert to planar RGB) of {}",
+        video.display()
+    );
     for hwdec in [HwDecode::None, HwDecode::Cuda { device }] {
         let (frames, elapsed, used) = upframe::bench::decode_speed(video, hwdec)?;
         let secs = elapsed.as_secs_f64();

@@ -100,14 +100,18 @@ where
     let decoded = Mutex::new(Some(decoded));
     thread::scope(|scope| {
         let decoding = scope.spawn(move || {
-            source.run(&copy_map, interrupted, |message| to_upscale.send(message).is_ok())
+            source.run(&copy_map, interrupted, |message| {
+                to_upscale.send(message).is_ok()
+            })
         });
         let saving = scope.spawn(move || save_phase(save, upscaled, progress));
         let workers: Vec<_> = upscalers
             .iter_mut()
             .map(|upscaler| {
                 let (decoded, to_save) = (&decoded, to_save.clone());
-                scope.spawn(move || upscale_phase(upscaler, decoded, to_save, rgb8, time_base, interrupted))
+                scope.spawn(move || {
+                    upscale_phase(upscaler, decoded, to_save, rgb8, time_base, interrupted)
+                })
             })
             .collect();
         drop(to_save);

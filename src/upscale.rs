@@ -107,7 +107,16 @@ impl TileOutput for Planar {
             data: values,
         })
     }
-    fn paste(&mut self, src: &Self, sx: usize, sy: usize, w: usize, h: usize, dx: usize, dy: usize) {
+    fn paste(
+        &mut self,
+        src: &Self,
+        sx: usize,
+        sy: usize,
+        w: usize,
+        h: usize,
+        dx: usize,
+        dy: usize,
+    ) {
         Planar::paste(self, src, sx, sy, w, h, dx, dy)
     }
     fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> Self {
@@ -139,7 +148,16 @@ impl TileOutput for Rgb8 {
             data: values.into_iter().map(|v| v as u32).collect(),
         })
     }
-    fn paste(&mut self, src: &Self, sx: usize, sy: usize, w: usize, h: usize, dx: usize, dy: usize) {
+    fn paste(
+        &mut self,
+        src: &Self,
+        sx: usize,
+        sy: usize,
+        w: usize,
+        h: usize,
+        dx: usize,
+        dy: usize,
+    ) {
         for y in 0..h {
             let s = (sy + y) * src.width + sx;
             let d = (dy + y) * self.width + dx;
@@ -318,7 +336,11 @@ impl<B: Backend> Upscaler<B> {
         let started = std::time::Instant::now();
         let (x, y, w, h) = keep;
         let whole = (0, 0, image.width * s, image.height * s);
-        let out = if keep == whole { out } else { out.crop(x, y, w, h) };
+        let out = if keep == whole {
+            out
+        } else {
+            out.crop(x, y, w, h)
+        };
         self.profile.host_s += started.elapsed().as_secs_f64();
         Ok(out)
     }

@@ -93,7 +93,11 @@ pub fn run<B: Backend>(
         v.format,
         f64::from(v.frame_rate),
         v.colour.matrix,
-        if v.colour.full_range { "full" } else { "limited" },
+        if v.colour.full_range {
+            "full"
+        } else {
+            "limited"
+        },
         v.decoder
     );
     let deep = colour::bit_depth(v.format) > 8;
@@ -123,7 +127,11 @@ pub fn run<B: Backend>(
     };
     // Two upscalers on a GPU: while one waits for its result or works on the host, the other's
     // frame runs on the device. The CPU backend parallelises inside each operation instead.
-    let workers = if info.backend == BackendKind::Cpu { 1 } else { UPSCALE_THREADS };
+    let workers = if info.backend == BackendKind::Cpu {
+        1
+    } else {
+        UPSCALE_THREADS
+    };
     let mut upscalers: Vec<Upscaler<B>> = (0..workers)
         .map(|_| Upscaler::<B>::new(model, precision, device, config.tile, memory_budget(info)))
         .collect();

@@ -404,8 +404,17 @@ fn rgb8_readback_equals_host_quantised_output() {
     fn check<B: Backend>(device: &B::Device, name: &str) {
         let model = upframe::model::load(upframe::model::DEFAULT_MODEL, None).unwrap();
         let input = crop(&photo(), 24, 16);
-        let budget = upframe::upscale::MemoryBudget { bytes: 1 << 30, max_binding: None };
-        let mut up = upframe::upscale::Upscaler::<B>::new(&model, Precision::F32, device, TileSize::Auto, budget);
+        let budget = upframe::upscale::MemoryBudget {
+            bytes: 1 << 30,
+            max_binding: None,
+        };
+        let mut up = upframe::upscale::Upscaler::<B>::new(
+            &model,
+            Precision::F32,
+            device,
+            TileSize::Auto,
+            budget,
+        );
         let planar = up.upscale(&input, &|| false).unwrap();
         let packed = up.upscale_rgb8(&input, &|| false).unwrap();
         let (w, h) = (planar.width, planar.height);

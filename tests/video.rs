@@ -49,7 +49,13 @@ fn ffprobe(args: &[&str], path: &Path) -> String {
 
 fn probe(path: &Path) -> Value {
     let text = ffprobe(
-        &["-show_streams", "-show_format", "-show_chapters", "-of", "json"],
+        &[
+            "-show_streams",
+            "-show_format",
+            "-show_chapters",
+            "-of",
+            "json",
+        ],
         path,
     );
     serde_json::from_str(&text).unwrap()
@@ -75,7 +81,14 @@ fn stream_list(path: &Path) -> Vec<(String, String)> {
 /// Presentation times of the first video stream's frames, in seconds as ffprobe prints them.
 fn frame_times(path: &Path) -> Vec<f64> {
     ffprobe(
-        &["-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0"],
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=pts_time",
+            "-of",
+            "csv=p=0",
+        ],
         path,
     )
     .lines()
@@ -109,7 +122,14 @@ fn packet_hashes(path: &Path, stream: &str) -> Vec<String> {
 
 fn packet_times(path: &Path, stream: &str) -> Vec<f64> {
     ffprobe(
-        &["-select_streams", stream, "-show_entries", "packet=pts_time", "-of", "csv=p=0"],
+        &[
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ],
         path,
     )
     .lines()
@@ -135,7 +155,11 @@ fn leftovers(dir: &Path) -> Vec<String> {
 
 fn run_ok(args: &[&str]) -> Output {
     let out = upframe(args);
-    assert!(out.status.success(), "upframe {args:?} failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "upframe {args:?} failed: {}",
+        stderr(&out)
+    );
     out
 }
 
@@ -170,24 +194,73 @@ fn mkv_keeps_audio_subtitles_chapters_attachments_and_timestamps() {
     )
     .unwrap();
     let font = c.path("font.ttf");
-    std::fs::write(&font, b"\x00\x01\x00\x00 not really a font, but bytes to carry").unwrap();
+    std::fs::write(
+        &font,
+        b"\x00\x01\x00\x00 not really a font, but bytes to carry",
+    )
+    .unwrap();
     let input = c.path("in.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=1",
-        "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
-        "-f", "lavfi", "-i", "sine=frequency=660:duration=1",
-        "-i", p(&srt), "-i", p(&chapters),
-        "-map", "0", "-map", "1", "-map", "2", "-map", "3",
-        "-map_metadata", "4", "-map_chapters", "4",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p",
-        "-c:a:0", "aac", "-c:a:1", "libopus", "-c:s", "srt",
-        "-metadata:s:a:0", "language=jpn", "-metadata:s:s:0", "language=eng",
-        "-metadata:s:v:0", "language=fra",
-        "-attach", p(&font), "-metadata:s:t", "mimetype=application/x-truetype-font",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=24:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=660:duration=1",
+        "-i",
+        p(&srt),
+        "-i",
+        p(&chapters),
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-map",
+        "2",
+        "-map",
+        "3",
+        "-map_metadata",
+        "4",
+        "-map_chapters",
+        "4",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a:0",
+        "aac",
+        "-c:a:1",
+        "libopus",
+        "-c:s",
+        "srt",
+        "-metadata:s:a:0",
+        "language=jpn",
+        "-metadata:s:s:0",
+        "language=eng",
+        "-metadata:s:v:0",
+        "language=fra",
+        "-attach",
+        p(&font),
+        "-metadata:s:t",
+        "mimetype=application/x-truetype-font",
         p(&input),
     ]);
     let output = c.path("out.mkv");
-    run_ok(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu"]);
+    run_ok(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+    ]);
 
     let expected = vec![
         ("video".to_string(), "h264".to_string()),
@@ -209,15 +282,31 @@ fn mkv_keeps_audio_subtitles_chapters_attachments_and_timestamps() {
     assert_times_equal(&frame_times(&input), &frame_times(&output), "video frames");
     assert_eq!(frame_times(&output).len(), 24);
     for stream in ["0:a:0", "0:a:1", "0:s:0"] {
-        assert_eq!(packet_hashes(&input, stream), packet_hashes(&output, stream), "{stream}");
+        assert_eq!(
+            packet_hashes(&input, stream),
+            packet_hashes(&output, stream),
+            "{stream}"
+        );
     }
-    assert_times_equal(&packet_times(&input, "a:0"), &packet_times(&output, "a:0"), "aac");
-    assert_times_equal(&packet_times(&input, "s:0"), &packet_times(&output, "s:0"), "srt");
+    assert_times_equal(
+        &packet_times(&input, "a:0"),
+        &packet_times(&output, "a:0"),
+        "aac",
+    );
+    assert_times_equal(
+        &packet_times(&input, "s:0"),
+        &packet_times(&output, "s:0"),
+        "srt",
+    );
     // Opus in Matroska: FFmpeg 5.1's stream copy moves packets earlier by the codec delay
     // (6.5 ms) on each remux; `ffmpeg -c copy` does the same, so that is the reference here.
     let remuxed = c.path("remuxed.mkv");
     ffmpeg(&["-i", p(&input), "-map", "0", "-c", "copy", p(&remuxed)]);
-    assert_times_equal(&packet_times(&remuxed, "a:1"), &packet_times(&output, "a:1"), "opus");
+    assert_times_equal(
+        &packet_times(&remuxed, "a:1"),
+        &packet_times(&output, "a:1"),
+        "opus",
+    );
     let probed = probe(&output);
     let titles: Vec<&str> = probed["chapters"]
         .as_array()
@@ -227,7 +316,13 @@ fn mkv_keeps_audio_subtitles_chapters_attachments_and_timestamps() {
         .collect();
     assert_eq!(titles, ["One", "Two"]);
     assert_eq!(probed["format"]["tags"]["title"], "A test clip");
-    let duration = |v: &Value| v["format"]["duration"].as_str().unwrap().parse::<f64>().unwrap();
+    let duration = |v: &Value| {
+        v["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
     assert!((duration(&probe(&input)) - duration(&probed)).abs() < 0.05);
     assert!(leftovers(c.dir.path()).is_empty());
 }
@@ -238,19 +333,50 @@ fn variable_frame_rate_mp4_keeps_every_timestamp() {
     let input = c.path("vfr.mp4");
     // 10 frames at 1/24 s, then 10 at 1/8 s, plus AAC audio.
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=1",
-        "-f", "lavfi", "-i", "sine=frequency=440:duration=2",
-        "-vf", "select=lt(n\\,20),setpts=if(lt(N\\,10)\\,N\\,10+(N-10)*3)/24/TB",
-        "-vsync", "passthrough", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-        "-c:a", "aac", "-shortest", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=24:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=2",
+        "-vf",
+        "select=lt(n\\,20),setpts=if(lt(N\\,10)\\,N\\,10+(N-10)*3)/24/TB",
+        "-vsync",
+        "passthrough",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        p(&input),
     ]);
     let output = c.path("out.mp4");
-    run_ok(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu", "--scale", "2"]);
+    run_ok(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+        "--scale",
+        "2",
+    ]);
     let (a, b) = (frame_times(&input), frame_times(&output));
     assert_eq!(a.len(), 20);
     assert_times_equal(&a, &b, "frames");
-    assert!((a[11] - a[10] - 0.125).abs() < 0.002, "the clip is variable-rate: {a:?}");
-    assert_eq!(packet_hashes(&input, "0:a:0"), packet_hashes(&output, "0:a:0"));
+    assert!(
+        (a[11] - a[10] - 0.125).abs() < 0.002,
+        "the clip is variable-rate: {a:?}"
+    );
+    assert_eq!(
+        packet_hashes(&input, "0:a:0"),
+        packet_hashes(&output, "0:a:0")
+    );
     assert_eq!(stream_list(&output), stream_list(&input));
     assert_eq!(streams(&output)[0]["width"], 128);
 }
@@ -260,13 +386,34 @@ fn ten_bit_input_gives_ten_bit_output_with_its_colour_tags() {
     let c = Clip::new();
     let input = c.path("deep.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=0.25",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p10le",
-        "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
-        "-color_range", "tv", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=24:duration=0.25",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p10le",
+        "-colorspace",
+        "bt709",
+        "-color_primaries",
+        "bt709",
+        "-color_trc",
+        "bt709",
+        "-color_range",
+        "tv",
+        p(&input),
     ]);
     let output = c.path("out.mkv");
-    run_ok(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu"]);
+    run_ok(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+    ]);
     let s = &streams(&output)[0];
     assert_eq!(s["pix_fmt"], "yuv420p10le");
     assert_eq!(s["color_space"], "bt709");
@@ -283,26 +430,62 @@ fn bt601_colours_survive_the_round_trip() {
     let c = Clip::new();
     let input = c.path("flat.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "color=c=0xC04020:size=64x48:rate=10:duration=0.3",
-        "-vf", "scale=out_color_matrix=bt601:out_range=tv,format=yuv444p",
-        "-c:v", "libx264", "-qp", "0", "-colorspace", "smpte170m", "-color_range", "tv",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=0xC04020:size=64x48:rate=10:duration=0.3",
+        "-vf",
+        "scale=out_color_matrix=bt601:out_range=tv,format=yuv444p",
+        "-c:v",
+        "libx264",
+        "-qp",
+        "0",
+        "-colorspace",
+        "smpte170m",
+        "-color_range",
+        "tv",
         p(&input),
     ]);
     let output = c.path("out.mkv");
-    run_ok(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu", "--crf", "0"]);
+    run_ok(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+        "--crf",
+        "0",
+    ]);
     let rgb = |path: &Path| -> Vec<u8> {
         let out = Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-i"])
             .arg(path)
-            .args(["-frames:v", "1", "-vf", "scale=in_color_matrix=bt601:in_range=tv,format=rgb24", "-f", "rawvideo", "-"])
+            .args([
+                "-frames:v",
+                "1",
+                "-vf",
+                "scale=in_color_matrix=bt601:in_range=tv,format=rgb24",
+                "-f",
+                "rawvideo",
+                "-",
+            ])
             .output()
             .unwrap();
         out.stdout
     };
     let (a, b) = (rgb(&input), rgb(&output));
-    let mean = |v: &[u8], c: usize| v.iter().skip(c).step_by(3).map(|&x| x as f64).sum::<f64>() / (v.len() / 3) as f64;
+    let mean = |v: &[u8], c: usize| {
+        v.iter().skip(c).step_by(3).map(|&x| x as f64).sum::<f64>() / (v.len() / 3) as f64
+    };
     for ch in 0..3 {
-        assert!((mean(&a, ch) - mean(&b, ch)).abs() < 2.0, "channel {ch}: {} vs {}", mean(&a, ch), mean(&b, ch));
+        assert!(
+            (mean(&a, ch) - mean(&b, ch)).abs() < 2.0,
+            "channel {ch}: {} vs {}",
+            mean(&a, ch),
+            mean(&b, ch)
+        );
     }
     assert_eq!(streams(&output)[0]["color_space"], "smpte170m");
 }
@@ -312,13 +495,35 @@ fn odd_sizes_are_kept_exactly() {
     let c = Clip::new();
     let input = c.path("odd.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10:duration=0.3",
-        "-vf", "scale=321:241", "-c:v", "ffv1", "-pix_fmt", "yuv420p", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=10:duration=0.3",
+        "-vf",
+        "scale=321:241",
+        "-c:v",
+        "ffv1",
+        "-pix_fmt",
+        "yuv420p",
+        p(&input),
     ]);
     let output = c.path("out.mkv");
-    run_ok(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu", "--scale", "3"]);
+    run_ok(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+        "--scale",
+        "3",
+    ]);
     let s = &streams(&output)[0];
-    assert_eq!((s["width"].as_u64(), s["height"].as_u64()), (Some(963), Some(723)));
+    assert_eq!(
+        (s["width"].as_u64(), s["height"].as_u64()),
+        (Some(963), Some(723))
+    );
     assert_eq!(frame_times(&output).len(), 3);
 }
 
@@ -327,15 +532,37 @@ fn rotation_metadata_is_kept() {
     let c = Clip::new();
     let plain = c.path("plain.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=0.3",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", p(&plain),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=0.3",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        p(&plain),
     ]);
     // FFmpeg 5.1 turns the rotate tag into a display matrix only when stream-copying.
     let input = c.path("rotated.mp4");
-    ffmpeg(&["-i", p(&plain), "-c", "copy", "-metadata:s:v:0", "rotate=90", p(&input)]);
+    ffmpeg(&[
+        "-i",
+        p(&plain),
+        "-c",
+        "copy",
+        "-metadata:s:v:0",
+        "rotate=90",
+        p(&input),
+    ]);
     let rotation = |path: &Path| {
         ffprobe(
-            &["-select_streams", "v:0", "-show_entries", "stream_side_data=rotation", "-of", "csv=p=0"],
+            &[
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream_side_data=rotation",
+                "-of",
+                "csv=p=0",
+            ],
             path,
         )
         .trim()
@@ -343,7 +570,15 @@ fn rotation_metadata_is_kept() {
     };
     assert_eq!(rotation(&input), "90", "the generated clip");
     let output = c.path("out.mp4");
-    run_ok(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu"]);
+    run_ok(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(rotation(&output), "90");
 }
 
@@ -354,13 +589,37 @@ fn subtitles_mp4_cannot_hold_are_dropped_with_a_warning() {
     std::fs::write(&srt, "1\n00:00:00,000 --> 00:00:00,200\nHi\n").unwrap();
     let input = c.path("in.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=0.3", "-i", p(&srt),
-        "-map", "0", "-map", "1", "-c:v", "libx264", "-c:s", "srt", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=0.3",
+        "-i",
+        p(&srt),
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c:v",
+        "libx264",
+        "-c:s",
+        "srt",
+        p(&input),
     ]);
     let output = c.path("out.mp4");
-    let out = run_ok(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu"]);
+    let out = run_ok(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+    ]);
     assert!(stderr(&out).contains("is not copied"), "{}", stderr(&out));
-    assert_eq!(stream_list(&output), [("video".to_string(), "h264".to_string())]);
+    assert_eq!(
+        stream_list(&output),
+        [("video".to_string(), "h264".to_string())]
+    );
 }
 
 #[test]
@@ -368,21 +627,46 @@ fn frames_folder_and_report() {
     let c = Clip::new();
     let input = c.path("in.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=10:duration=0.5",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=32x24:rate=10:duration=0.5",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        p(&input),
     ]);
     let dir = c.path("frames");
     let report = c.path("report.json");
     run_ok(&[
-        p(&input), "-o", p(&dir), "--frames", "png", "--model", "bicubic", "--backend", "cpu",
-        "--report", p(&report),
+        p(&input),
+        "-o",
+        p(&dir),
+        "--frames",
+        "png",
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+        "--report",
+        p(&report),
     ]);
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["000000.png", "000001.png", "000002.png", "000003.png", "000004.png"]);
+    assert_eq!(
+        names,
+        [
+            "000000.png",
+            "000001.png",
+            "000002.png",
+            "000003.png",
+            "000004.png"
+        ]
+    );
     let first = image::open(dir.join("000000.png")).unwrap();
     assert_eq!((first.width(), first.height()), (128, 96));
 
@@ -400,7 +684,17 @@ fn frames_folder_and_report() {
     assert!(r["timings"]["phases"]["upscale_s"].as_f64().unwrap() > 0.0);
 
     // Frames already there are refused without -y.
-    let again = upframe(&[p(&input), "-o", p(&dir), "--frames", "png", "--model", "bicubic", "--backend", "cpu"]);
+    let again = upframe(&[
+        p(&input),
+        "-o",
+        p(&dir),
+        "--frames",
+        "png",
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
 }
 
@@ -410,16 +704,36 @@ fn real_model_on_cpu_and_wgpu_agree() {
     let c = Clip::new();
     let input = c.path("tiny.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=24x16:rate=10:duration=0.2",
-        "-c:v", "libx264", "-pix_fmt", "yuv444p", "-qp", "0", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=24x16:rate=10:duration=0.2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv444p",
+        "-qp",
+        "0",
+        p(&input),
     ]);
     let mut outputs = Vec::new();
     for backend in ["cpu", "wgpu"] {
         let dir = c.path(backend);
         let out = upframe(&[
-            p(&input), "-o", p(&dir), "--frames", "png", "--backend", backend, "--precision", "fp32",
+            p(&input),
+            "-o",
+            p(&dir),
+            "--frames",
+            "png",
+            "--backend",
+            backend,
+            "--precision",
+            "fp32",
         ]);
-        if backend == "wgpu" && out.status.code() == Some(2) && stderr(&out).contains("not available") {
+        if backend == "wgpu"
+            && out.status.code() == Some(2)
+            && stderr(&out).contains("not available")
+        {
             eprintln!("skipped wgpu: {}", stderr(&out));
             return;
         }
@@ -431,7 +745,13 @@ fn real_model_on_cpu_and_wgpu_agree() {
         let a = image::open(outputs[0].join(&name)).unwrap().to_rgb8();
         let b = image::open(outputs[1].join(&name)).unwrap().to_rgb8();
         assert_eq!(a.dimensions(), (96, 64));
-        let worst = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        let worst = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap();
         assert!(worst <= 1, "frame {i}: cpu and wgpu differ by {worst}");
     }
     // And through the encoder too: a video with the same frame count.
@@ -452,7 +772,17 @@ fn expect_failure(out: &Output, code: i32, needle: &str) {
 fn bad_inputs_exit_2_with_one_line_and_leave_nothing() {
     let c = Clip::new();
     let out = c.path("out.mkv");
-    let args = |input: &Path| upframe(&[p(input), "-o", p(&out), "--model", "bicubic", "--backend", "cpu"]);
+    let args = |input: &Path| {
+        upframe(&[
+            p(input),
+            "-o",
+            p(&out),
+            "--model",
+            "bicubic",
+            "--backend",
+            "cpu",
+        ])
+    };
 
     expect_failure(&args(&c.path("missing.mp4")), 2, "no such file");
 
@@ -461,34 +791,80 @@ fn bad_inputs_exit_2_with_one_line_and_leave_nothing() {
     expect_failure(&args(&text), 2, "not a video");
 
     let audio = c.path("audio.mka");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=duration=0.2", "-c:a", "libopus", p(&audio)]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=0.2",
+        "-c:a",
+        "libopus",
+        p(&audio),
+    ]);
     expect_failure(&args(&audio), 2, "no video stream");
 
     let empty = c.path("empty.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "0", "-c:v", "libx264",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10",
+        "-frames:v",
+        "0",
+        "-c:v",
+        "libx264",
         p(&empty),
     ]);
     let result = args(&empty);
     assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
 
     let good = c.path("good.mkv");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:duration=0.2", "-c:v", "libx264", p(&good)]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10:duration=0.2",
+        "-c:v",
+        "libx264",
+        p(&good),
+    ]);
     std::fs::write(&out, b"precious").unwrap();
     expect_failure(&args(&good), 2, "output exists");
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
     expect_failure(
-        &upframe(&[p(&good), "-o", p(&good), "-y", "--model", "bicubic", "--backend", "cpu"]),
+        &upframe(&[
+            p(&good),
+            "-o",
+            p(&good),
+            "-y",
+            "--model",
+            "bicubic",
+            "--backend",
+            "cpu",
+        ]),
         2,
         "overwrite the input",
     );
     expect_failure(
-        &upframe(&[p(&good), "-o", p(&c.path("x.nosuchformat")), "--model", "bicubic"]),
+        &upframe(&[
+            p(&good),
+            "-o",
+            p(&c.path("x.nosuchformat")),
+            "--model",
+            "bicubic",
+        ]),
         2,
         "unknown video container",
     );
     let under_a_file = c.path("notes.mp4").join("out.mkv");
-    let result = upframe(&[p(&good), "-o", p(&under_a_file), "--model", "bicubic", "--backend", "cpu"]);
+    let result = upframe(&[
+        p(&good),
+        "-o",
+        p(&under_a_file),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+    ]);
     assert_ne!(result.status.code(), Some(0));
     assert!(leftovers(c.dir.path()).is_empty());
 }
@@ -498,8 +874,17 @@ fn damaged_stream_finishes_with_a_warning() {
     let c = Clip::new();
     let input = c.path("damaged.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=24:duration=2",
-        "-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=24:duration=2",
+        "-c:v",
+        "libx264",
+        "-g",
+        "12",
+        "-pix_fmt",
+        "yuv420p",
+        p(&input),
     ]);
     let mut bytes = std::fs::read(&input).unwrap();
     let middle = bytes.len() / 2;
@@ -509,8 +894,21 @@ fn damaged_stream_finishes_with_a_warning() {
     std::fs::write(&input, bytes).unwrap();
     let output = c.path("out.mkv");
     let started = Instant::now();
-    let out = upframe(&[p(&input), "-o", p(&output), "--model", "bicubic", "--backend", "cpu", "--scale", "2"]);
-    assert!(started.elapsed() < Duration::from_secs(120), "it must never hang");
+    let out = upframe(&[
+        p(&input),
+        "-o",
+        p(&output),
+        "--model",
+        "bicubic",
+        "--backend",
+        "cpu",
+        "--scale",
+        "2",
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "it must never hang"
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let frames = frame_times(&output).len();
     assert!(frames > 24 && frames <= 48, "{frames} frames");
@@ -522,8 +920,13 @@ fn ctrl_c_exits_130_and_leaves_no_file() {
     let c = Clip::new();
     let input = c.path("long.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=20",
-        "-c:v", "libx264", p(&input),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=24:duration=20",
+        "-c:v",
+        "libx264",
+        p(&input),
     ]);
     let output = c.path("out.mkv");
     // The real model on the CPU: slow enough to be interrupted mid-way.
@@ -537,10 +940,17 @@ fn ctrl_c_exits_130_and_leaves_no_file() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(!output.exists());
-    assert!(leftovers(c.dir.path()).is_empty(), "{:?}", leftovers(c.dir.path()));
+    assert!(
+        leftovers(c.dir.path()).is_empty(),
+        "{:?}",
+        leftovers(c.dir.path())
+    );
 }

@@ -88,7 +88,13 @@ impl Scaler {
     fn new() -> Self {
         Self {
             ctx: ptr::null_mut(),
-            key: (Pixel::None, Pixel::None, 0, 0, Colour::resolve(Space::BT709, Range::MPEG, Pixel::None, 0)),
+            key: (
+                Pixel::None,
+                Pixel::None,
+                0,
+                0,
+                Colour::resolve(Space::BT709, Range::MPEG, Pixel::None, 0),
+            ),
         }
     }
 
@@ -136,7 +142,14 @@ impl Scaler {
                 (rgb_table, 1, table, yuv_full)
             };
             ffi::sws_setColorspaceDetails(
-                ctx, src_table, src_full, dst_table, dst_full, 0, 1 << 16, 1 << 16,
+                ctx,
+                src_table,
+                src_full,
+                dst_table,
+                dst_full,
+                0,
+                1 << 16,
+                1 << 16,
             );
             self.ctx = ctx;
         }
@@ -172,14 +185,28 @@ unsafe fn scale_into(
     dst: &mut frame::Video,
 ) {
     let d = dst.as_mut_ptr();
-    ffi::sws_scale(ctx, planes, strides, 0, height as i32, (*d).data.as_ptr(), (*d).linesize.as_ptr());
+    ffi::sws_scale(
+        ctx,
+        planes,
+        strides,
+        0,
+        height as i32,
+        (*d).data.as_ptr(),
+        (*d).linesize.as_ptr(),
+    );
 }
 
 /// # Safety
 /// As `scale_into`, for a source frame.
 unsafe fn scale_frame(ctx: *mut ffi::SwsContext, src: &frame::Video, dst: &mut frame::Video) {
     let s = src.as_ptr();
-    scale_into(ctx, (*s).data.as_ptr() as *const *const u8, (*s).linesize.as_ptr(), src.height(), dst);
+    scale_into(
+        ctx,
+        (*s).data.as_ptr() as *const *const u8,
+        (*s).linesize.as_ptr(),
+        src.height(),
+        dst,
+    );
 }
 
 /// Decoded frame -> planar RGB in 0..1, in 8-bit or 16-bit precision as the source has.
@@ -260,7 +287,12 @@ impl FromRgb {
         }
     }
 
-    fn convert_rgb8(&mut self, image: &Rgb8, format: Pixel, colour: Colour) -> Result<frame::Video, String> {
+    fn convert_rgb8(
+        &mut self,
+        image: &Rgb8,
+        format: Pixel,
+        colour: Colour,
+    ) -> Result<frame::Video, String> {
         let (w, h) = (image.width as u32, image.height as u32);
         let mut out = frame::Video::new(format, w, h);
         let ctx = self.scaler.get(Pixel::RGBZ, format, w, h, colour, false)?;
@@ -339,7 +371,9 @@ mod tests {
         let colour = Colour::resolve(Space::BT709, Range::MPEG, Pixel::YUV420P, 720);
         let mut to = ToRgb::new();
         let black = to.convert(&gray_frame(Pixel::YUV420P, 16), colour).unwrap();
-        let white = to.convert(&gray_frame(Pixel::YUV420P, 235), colour).unwrap();
+        let white = to
+            .convert(&gray_frame(Pixel::YUV420P, 235), colour)
+            .unwrap();
         assert!(black.data.iter().all(|&v| v.abs() < 1.5 / 255.0));
         assert!(white.data.iter().all(|&v| (v - 1.0).abs() < 1.5 / 255.0));
     }
@@ -347,17 +381,31 @@ mod tests {
     #[test]
     fn rgb_to_yuv_and_back_keeps_colours() {
         crate::video::init();
-        for (matrix, full) in [(Space::BT470BG, false), (Space::BT709, true), (Space::BT2020NCL, false)] {
-            let colour = Colour { matrix, full_range: full };
+        for (matrix, full) in [
+            (Space::BT470BG, false),
+            (Space::BT709, true),
+            (Space::BT2020NCL, false),
+        ] {
+            let colour = Colour {
+                matrix,
+                full_range: full,
+            };
             for format in [Pixel::YUV444P, Pixel::YUV444P10LE] {
                 let mut image = Planar::new(3, 8, 4);
-                let swatch = [[0.8, 0.2, 0.1], [0.1, 0.7, 0.3], [0.2, 0.3, 0.9], [0.5, 0.5, 0.5]];
+                let swatch = [
+                    [0.8, 0.2, 0.1],
+                    [0.1, 0.7, 0.3],
+                    [0.2, 0.3, 0.9],
+                    [0.5, 0.5, 0.5],
+                ];
                 for c in 0..3 {
                     for i in 0..32 {
                         image.data[c * 32 + i] = swatch[i / 8][c];
                     }
                 }
-                let yuv = FromRgb::new().convert(&Picture::Planar(image.clone()), format, colour).unwrap();
+                let yuv = FromRgb::new()
+                    .convert(&Picture::Planar(image.clone()), format, colour)
+                    .unwrap();
                 let back = ToRgb::new().convert(&yuv, colour).unwrap();
                 let worst = image
                     .data
@@ -373,20 +421,35 @@ mod tests {
     #[test]
     fn packed_rgb8_converts_like_planar() {
         crate::video::init();
-        let colour = Colour { matrix: Space::BT709, full_range: false };
+        let colour = Colour {
+            matrix: Space::BT709,
+            full_range: false,
+        };
         let (w, h) = (6, 4);
         let mut planar = Planar::new(3, w, h);
-        let mut packed = Rgb8 { width: w, height: h, data: vec![0; w * h] };
+        let mut packed = Rgb8 {
+            width: w,
+            height: h,
+            data: vec![0; w * h],
+        };
         for i in 0..w * h {
-            let rgb = [(i * 37 % 256) as u32, (i * 91 % 256) as u32, (i * 13 % 256) as u32];
+            let rgb = [
+                (i * 37 % 256) as u32,
+                (i * 91 % 256) as u32,
+                (i * 13 % 256) as u32,
+            ];
             for c in 0..3 {
                 planar.data[c * w * h + i] = rgb[c] as f32 / 255.0;
             }
             packed.data[i] = rgb[0] | rgb[1] << 8 | rgb[2] << 16;
         }
         let mut to_yuv = FromRgb::new();
-        let a = to_yuv.convert(&Picture::Planar(planar), Pixel::YUV444P, colour).unwrap();
-        let b = to_yuv.convert(&Picture::Rgb8(packed), Pixel::YUV444P, colour).unwrap();
+        let a = to_yuv
+            .convert(&Picture::Planar(planar), Pixel::YUV444P, colour)
+            .unwrap();
+        let b = to_yuv
+            .convert(&Picture::Rgb8(packed), Pixel::YUV444P, colour)
+            .unwrap();
         for plane in 0..3 {
             for y in 0..h {
                 let row = |f: &frame::Video| f.data(plane)[y * f.stride(plane)..][..w].to_vec();

@@ -21,7 +21,9 @@ use crate::frame::{Frame, Message, Picture};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HwDecode {
     /// NVDEC where it can decode this stream, software otherwise.
-    Cuda { device: usize },
+    Cuda {
+        device: usize,
+    },
     None,
 }
 
@@ -78,9 +80,8 @@ pub fn open(path: &Path, hwdec: HwDecode) -> Result<Source> {
             path: path.to_path_buf(),
         });
     }
-    let input = ffmpeg_next::format::input(path).map_err(|e| {
-        input_error(path, format!("not a video FFmpeg can read ({e})"))
-    })?;
+    let input = ffmpeg_next::format::input(path)
+        .map_err(|e| input_error(path, format!("not a video FFmpeg can read ({e})")))?;
     let stream = input
         .streams()
         .find(|s| {
@@ -127,7 +128,12 @@ pub fn open(path: &Path, hwdec: HwDecode) -> Result<Source> {
         .decoder()
         .open_as(codec)
         .and_then(|d| d.video())
-        .map_err(|e| input_error(path, format!("cannot open the {} decoder: {e}", codec.name())))?;
+        .map_err(|e| {
+            input_error(
+                path,
+                format!("cannot open the {} decoder: {e}", codec.name()),
+            )
+        })?;
     let format = decoder.format();
     // SAFETY: plain query of a static table.
     if format != Pixel::None && unsafe { ffi::sws_isSupportedInput(format.into()) } == 0 {
@@ -342,7 +348,10 @@ impl DecodeState {
         let step = if own > 0 { own } else { self.default_duration };
         let pts = match (decoded.timestamp(), self.next_pts) {
             (Some(t), Some((after, _))) if t <= after => {
-                log::debug!("frame {}: timestamp {t} is not after {after}; moved", self.stats.frames);
+                log::debug!(
+                    "frame {}: timestamp {t} is not after {after}; moved",
+                    self.stats.frames
+                );
                 after + 1
             }
             (Some(t), _) => t,

@@ -116,7 +116,12 @@ impl Sink {
             .prefix(".upframe-")
             .suffix(&extension)
             .tempfile_in(folder)
-            .map_err(|e| encode_error(target, format!("cannot create a file in {}: {e}", folder.display())))?
+            .map_err(|e| {
+                encode_error(
+                    target,
+                    format!("cannot create a file in {}: {e}", folder.display()),
+                )
+            })?
             .into_temp_path();
         let mut output = ffmpeg_next::format::output_as(&temp, container)
             .map_err(|e| encode_error(target, e))?;
@@ -133,12 +138,24 @@ impl Sink {
         let (width, height) = (info.width * scale as u32, info.height * scale as u32);
         let format = choose_pixel_format(codec, info.format, width, height);
         let colour = if colour::is_rgb(info.format) {
-            Colour::resolve(ffmpeg_next::color::Space::BT709, ffmpeg_next::color::Range::MPEG, Pixel::YUV420P, height)
+            Colour::resolve(
+                ffmpeg_next::color::Space::BT709,
+                ffmpeg_next::color::Range::MPEG,
+                Pixel::YUV420P,
+                height,
+            )
         } else {
             info.colour
         };
-        let encoder = open_encoder(codec, info, settings, &output, format, colour, width, height)
-            .map_err(|e| encode_error(target, format!("cannot open the {} encoder: {e}", codec.name())))?;
+        let encoder = open_encoder(
+            codec, info, settings, &output, format, colour, width, height,
+        )
+        .map_err(|e| {
+            encode_error(
+                target,
+                format!("cannot open the {} encoder: {e}", codec.name()),
+            )
+        })?;
         log::info!(
             "encoding {} {width}x{height} {:?}, {:?} {} range",
             codec.name(),
@@ -259,8 +276,12 @@ impl Sink {
             ..
         } = self;
         drop(output);
-        temp.persist(&target)
-            .map_err(|e| encode_error(&target, format!("cannot rename the finished file: {}", e.error)))?;
+        temp.persist(&target).map_err(|e| {
+            encode_error(
+                &target,
+                format!("cannot rename the finished file: {}", e.error),
+            )
+        })?;
         Ok((target, busy))
     }
 
@@ -330,7 +351,9 @@ fn choose_pixel_format(codec: Codec, input: Pixel, width: u32, height: u32) -> P
         colour::chroma_shift(input)
     };
     if (cw > 0 && width % 2 == 1) || (ch > 0 && height % 2 == 1) {
-        log::warn!("output {width}x{height} has an odd side: encoding 4:4:4 chroma to keep every pixel");
+        log::warn!(
+            "output {width}x{height} has an odd side: encoding 4:4:4 chroma to keep every pixel"
+        );
         (cw, ch) = (0, 0);
     }
     let wanted = match (cw, ch, deep) {
@@ -354,7 +377,10 @@ fn choose_pixel_format(codec: Codec, input: Pixel, width: u32, height: u32) -> P
         .filter(|f| deep || colour::bit_depth(*f) == 8)
         .find(|f| supported.contains(f))
         .unwrap_or(supported[0]);
-    log::warn!("{} cannot encode {wanted:?}; using {fallback:?}", codec.name());
+    log::warn!(
+        "{} cannot encode {wanted:?}; using {fallback:?}",
+        codec.name()
+    );
     fallback
 }
 
@@ -403,7 +429,12 @@ fn open_encoder(
 fn encoder_options(name: &str, settings: &EncodeSettings) -> Dictionary<'static> {
     let mut options = Dictionary::new();
     let crf = |default: u8| settings.crf.unwrap_or(default).to_string();
-    let preset = |default: &str| settings.preset.clone().unwrap_or_else(|| default.to_string());
+    let preset = |default: &str| {
+        settings
+            .preset
+            .clone()
+            .unwrap_or_else(|| default.to_string())
+    };
     match name {
         "libx264" => {
             options.set("crf", &crf(18));
@@ -458,7 +489,11 @@ enum Acceptance {
 fn accepts(output: &Output, id: codec::Id) -> Acceptance {
     // SAFETY: the output context and its muxer description are valid.
     let answer = unsafe {
-        ffi::avformat_query_codec((*output.as_ptr()).oformat, id.into(), ffi::FF_COMPLIANCE_NORMAL)
+        ffi::avformat_query_codec(
+            (*output.as_ptr()).oformat,
+            id.into(),
+            ffi::FF_COMPLIANCE_NORMAL,
+        )
     };
     match answer {
         1 => Acceptance::Yes,
@@ -573,7 +608,11 @@ fn copy_container_metadata(input: &Input, output: &mut Output) {
         ) {
             // SAFETY: both chapters are valid; the rest of the metadata is copied too.
             unsafe {
-                ffi::av_dict_copy(&mut (*copy.as_mut_ptr()).metadata, (*chapter.as_ptr()).metadata, 0);
+                ffi::av_dict_copy(
+                    &mut (*copy.as_mut_ptr()).metadata,
+                    (*chapter.as_ptr()).metadata,
+                    0,
+                );
             }
         }
     }

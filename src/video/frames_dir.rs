@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::images;
 use crate::frame::Picture;
+use crate::images;
 
 pub struct FramesDir {
     dir: PathBuf,
@@ -55,8 +55,11 @@ impl FramesDir {
     }
 
     pub fn path(&self, index: u64) -> PathBuf {
-        self.dir
-            .join(format!("{index:0width$}.{}", self.extension, width = self.digits))
+        self.dir.join(format!(
+            "{index:0width$}.{}",
+            self.extension,
+            width = self.digits
+        ))
     }
 
     pub fn is_deep(&self) -> bool {

@@ -17,8 +17,7 @@ pub fn codec_supports_cuda(codec: *const ffi::AVCodec) -> bool {
         let Some(config) = (unsafe { config.as_ref() }) else {
             return false;
         };
-        let by_device =
-            config.methods & ffi::AV_CODEC_HW_CONFIG_METHOD_HW_DEVICE_CTX as i32 != 0;
+        let by_device = config.methods & ffi::AV_CODEC_HW_CONFIG_METHOD_HW_DEVICE_CTX as i32 != 0;
         if by_device && config.device_type == ffi::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA {
             return true;
         }
