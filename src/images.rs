@@ -114,7 +114,8 @@ pub fn plan(
     Ok(jobs)
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
+/// Whether two paths name the same existing file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -288,22 +289,27 @@ fn fit_format(image: DynamicImage, format: ImageFormat, path: &Path) -> DynamicI
     }
 }
 
+/// The folder a file is in, "." for a bare name: where its temporary file goes.
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Encodes into a temporary file beside `path` and renames it into place when complete.
 pub fn write(image: DynamicImage, path: &Path, overwrite: bool, jpeg_quality: u8) -> Result<()> {
     let format = format_of(path).ok_or_else(|| Error::UnsupportedImageType {
         path: path.to_path_buf(),
     })?;
     let image = fit_format(image, format, path);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let dir = folder_of(path);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let temp = tempfile::Builder::new()
         .prefix(".upframe-")
         .suffix(".part")
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
     let encode_err = |reason: String| Error::ImageEncode {
         path: path.to_path_buf(),
         reason,

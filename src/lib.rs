@@ -84,13 +84,7 @@ pub fn run(config: &Config) -> Result<Summary> {
         config.overwrite,
     )?;
     let model = model::load(&config.model, config.scale)?;
-    let (selected, why) = backend::select(config.backend, config.device)?;
-    log::info!(
-        "backend {} on {} ({})",
-        selected.info().backend,
-        selected.info().name,
-        why
-    );
+    let selected = select_backend(config)?;
     match selected {
         Selected::Cuda(device, info) => run_on::<Cuda>(&device, &info, config, &model, &jobs),
         Selected::Wgpu(device, info) => run_on::<Wgpu>(&device, &info, config, &model, &jobs),
@@ -208,10 +202,8 @@ fn run_on<B: Backend>(
     Ok(summary)
 }
 
-fn run_video(config: &Config) -> Result<Summary> {
-    video::init();
-    video_job::check_paths(config)?;
-    let model = model::load(&config.model, config.scale)?;
+/// The backend `config` asks for, logged with the reason it was chosen.
+fn select_backend(config: &Config) -> Result<Selected> {
     let (selected, why) = backend::select(config.backend, config.device)?;
     log::info!(
         "backend {} on {} ({})",
@@ -219,6 +211,14 @@ fn run_video(config: &Config) -> Result<Summary> {
         selected.info().name,
         why
     );
+    Ok(selected)
+}
+
+fn run_video(config: &Config) -> Result<Summary> {
+    video::init();
+    video_job::check_paths(config)?;
+    let model = model::load(&config.model, config.scale)?;
+    let selected = select_backend(config)?;
     match selected {
         Selected::Cuda(device, info) => video_job::run::<Cuda>(&device, &info, config, &model),
         Selected::Wgpu(device, info) => video_job::run::<Wgpu>(&device, &info, config, &model),

@@ -19,27 +19,21 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(total: u64, quiet: bool) -> Self {
+        let mut progress = Self {
+            bar: None,
+            plain: false,
+            total,
+            done: 0,
+            every: None,
+            last_line: None,
+            started: Instant::now(),
+        };
         if quiet || total <= 1 {
-            return Self {
-                bar: None,
-                plain: false,
-                total,
-                done: 0,
-                every: None,
-                last_line: None,
-                started: Instant::now(),
-            };
+            return progress;
         }
         if !std::io::stderr().is_terminal() {
-            return Self {
-                bar: None,
-                plain: true,
-                total,
-                done: 0,
-                every: None,
-                last_line: None,
-                started: Instant::now(),
-            };
+            progress.plain = true;
+            return progress;
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(
@@ -50,15 +44,8 @@ impl Progress {
             .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        Self {
-            bar: Some(bar),
-            plain: false,
-            total,
-            done: 0,
-            every: None,
-            last_line: None,
-            started: Instant::now(),
-        }
+        progress.bar = Some(bar);
+        progress
     }
 
     /// Frames of a video: a bar with fps and ETA when the count is known (a spinner-like counter
@@ -77,9 +64,6 @@ impl Progress {
                     .expect("static template")
                     .progress_chars("=> "),
             );
-        }
-        if quiet {
-            p.plain = false;
         }
         p
     }

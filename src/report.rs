@@ -52,11 +52,8 @@ pub fn write(
         "frames": frames.unwrap_or(&[]),
     });
     let text = serde_json::to_string_pretty(&report).expect("plain values serialise");
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(folder).map_err(|e| Error::io(path, e))?;
+    let mut file = tempfile::NamedTempFile::new_in(crate::images::folder_of(path))
+        .map_err(|e| Error::io(path, e))?;
     std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| Error::io(path, e))?;
     file.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())

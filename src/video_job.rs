@@ -46,12 +46,10 @@ pub fn check_paths(config: &Config) -> Result<()> {
         )));
     }
     encode::container_for(output)?;
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
-        if a == b {
-            return Err(Error::OutputIsInput {
-                path: output.clone(),
-            });
-        }
+    if crate::images::same_file(input, output) {
+        return Err(Error::OutputIsInput {
+            path: output.clone(),
+        });
     }
     if output.exists() && !config.overwrite {
         return Err(Error::OutputExists {

@@ -307,15 +307,17 @@ impl DecodeState {
                     return Ok(true);
                 }
             }
+            let downloaded;
             let host = if hwdec::is_hardware_frame(&decoded) {
                 self.stats.hardware_frames += 1;
-                hwdec::download(&decoded).map_err(|reason| self.fatal(reason))?
+                downloaded = hwdec::download(&decoded).map_err(|reason| self.fatal(reason))?;
+                &downloaded
             } else {
-                decoded.clone()
+                &decoded
             };
             let picture = self
                 .rgb
-                .convert(&host, self.info.colour)
+                .convert(host, self.info.colour)
                 .map_err(|reason| self.fatal(reason))?;
             let (pts, duration) = self.timestamp(&decoded);
             let frame = Frame {

@@ -104,10 +104,7 @@ impl Sink {
         settings: &EncodeSettings,
     ) -> Result<Sink> {
         let container = container_for(target)?;
-        let folder = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let folder = crate::images::folder_of(target);
         let extension = target
             .extension()
             .map(|e| format!(".{}", e.to_string_lossy()))

@@ -20,7 +20,8 @@ pub struct FramesDir {
 }
 
 impl FramesDir {
-    /// Creates the folder. Frames already there are refused unless `overwrite`.
+    /// Creates the folder (`video_job::check_paths` has refused a file there). Frames already
+    /// there are refused unless `overwrite`.
     pub fn create(
         dir: &Path,
         extension: &str,
@@ -29,12 +30,6 @@ impl FramesDir {
         overwrite: bool,
         quality: u8,
     ) -> Result<Self> {
-        if dir.is_file() {
-            return Err(Error::Usage(format!(
-                "{}: --frames writes a folder, and this is a file",
-                dir.display()
-            )));
-        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let digits = frames_estimate.map_or(6, |n| n.to_string().len().max(6));
         let out = Self {
