@@ -2,28 +2,11 @@
 //! kind of bad input a non-zero exit, one line on stderr, and no file left behind.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use image::{GenericImageView, ImageBuffer, Rgba};
 
-fn upframe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_upframe"))
-        .args(args)
-        .output()
-        .expect("run upframe")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn error_lines(out: &Output) -> Vec<String> {
-    stderr(out)
-        .lines()
-        .filter(|l| l.contains("error"))
-        .map(str::to_string)
-        .collect()
-}
+mod common;
+use common::{expect_failure, p, stderr, upframe};
 
 /// Nothing but the listed files in `dir`: no output, no temporary left over.
 fn assert_only(dir: &Path, expected: &[&str]) {
@@ -37,23 +20,12 @@ fn assert_only(dir: &Path, expected: &[&str]) {
     assert_eq!(names, expected);
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 fn write_rgba(path: &Path, w: u32, h: u32) {
     ImageBuffer::from_fn(w, h, |x, y| {
         Rgba([(x * 30) as u8, (y * 30) as u8, 128, (x * 20 + y) as u8])
     })
     .save(path)
     .unwrap();
-}
-
-fn expect_failure(out: &Output, code: i32, needle: &str) {
-    assert_eq!(out.status.code(), Some(code), "stderr: {}", stderr(out));
-    let lines = error_lines(out);
-    assert_eq!(lines.len(), 1, "one error line expected: {lines:?}");
-    assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
 }
 
 #[test]

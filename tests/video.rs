@@ -12,20 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn upframe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_upframe"))
-        .args(args)
-        .output()
-        .expect("run upframe")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+mod common;
+use common::{expect_failure, p, stderr, upframe};
 
 fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg")
@@ -758,14 +746,6 @@ fn real_model_on_cpu_and_wgpu_agree() {
     let video = c.path("tiny-x4.mkv");
     run_ok(&[p(&input), "-o", p(&video), "--backend", "cpu"]);
     assert_eq!(frame_times(&video).len(), 2);
-}
-
-fn expect_failure(out: &Output, code: i32, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {lines:?}");
-    assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
 }
 
 #[test]
