@@ -278,3 +278,26 @@ pub fn select(choice: BackendChoice, device: Option<usize>) -> Result<(Selected,
         }
     }
 }
+
+/// The wgpu device and queue behind a burn `WgpuDevice`, for dispatching our own WGSL on it. burn
+/// makes its runtime for a device once per process, on first use; the first call here makes it
+/// instead, so that the handles are known. None when burn had already opened the device.
+pub fn wgpu_setup(device: &WgpuDevice) -> Option<burn::backend::wgpu::WgpuSetup> {
+    use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions};
+    use std::sync::Mutex;
+    type Setups = Vec<(WgpuDevice, Option<burn::backend::wgpu::WgpuSetup>)>;
+    static SETUPS: Mutex<Setups> = Mutex::new(Vec::new());
+    let mut setups = SETUPS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, setup)) = setups.iter().find(|(d, _)| d == device) {
+        return setup.clone();
+    }
+    let made = std::panic::catch_unwind(|| {
+        init_setup::<AutoGraphicsApi>(device, RuntimeOptions::default())
+    })
+    .ok();
+    if made.is_none() {
+        log::debug!("wgpu device {device:?} was opened before its handles were asked for");
+    }
+    setups.push((device.clone(), made.clone()));
+    made
+}

@@ -1,0 +1,293 @@
+//! The decision, on the host from the features the device returned: frame i is a duplicate of a
+//! kept frame k only if, 8x8-pixel block by block (4x4 cells, every plane), no cell of i differs
+//! from k's by more than `peak` levels per pixel, and no more than `fraction` of the blocks differ
+//! on average by more than `mean` levels per pixel (the logic of FFmpeg's mpdecimate, with a peak
+//! test that catches one small changed spot in a block).
+//!
+//! i is always compared with kept frames themselves, never along a chain of duplicates, so slow
+//! drift is never merged. Candidates are the window of recently used kept frames: the most recent
+//! one always, the others when their hash is near i's (a blink, a cut back to a shot).
+
+use std::collections::VecDeque;
+
+use super::features::Features;
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Thresholds {
+    /// Largest change allowed in any 2x2 cell, in levels per pixel (0..255).
+    pub peak: f32,
+    /// A block whose mean change exceeds this (levels per pixel) counts as changed...
+    pub mean: f32,
+    /// ...and at most this fraction of blocks may have changed.
+    pub fraction: f32,
+    /// Hash bits that may differ for a kept frame other than the most recent to be checked.
+    pub hash_bits: u32,
+}
+
+/// What to do with one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The kept frame whose upscaled picture this one uses: its own index when it is kept.
+    pub source: u64,
+    /// Kept frames that no later frame can use any more (they left the window).
+    pub released: Vec<u64>,
+}
+
+struct Kept {
+    index: u64,
+    features: Features,
+}
+
+pub struct Deduplicator {
+    thresholds: Thresholds,
+    capacity: usize,
+    /// Least recently used first.
+    window: VecDeque<Kept>,
+}
+
+impl Deduplicator {
+    /// `capacity` kept frames stay candidates (at least 1).
+    pub fn new(thresholds: Thresholds, capacity: usize) -> Self {
+        Self {
+            thresholds,
+            capacity: capacity.max(1),
+            window: VecDeque::new(),
+        }
+    }
+
+    pub fn decide(&mut self, index: u64, features: Features) -> Decision {
+        if log::log_enabled!(log::Level::Trace) {
+            if let Some(last) = self.window.back() {
+                let d = difference(&last.features, &features, self.thresholds.mean);
+                log::trace!(
+                    "frame {index} vs kept {}: peak {:.2}, worst block {:.2}, {:.2}% of blocks over {}, hash bits {}",
+                    last.index,
+                    d.peak,
+                    d.worst_block,
+                    d.changed * 100.0,
+                    self.thresholds.mean,
+                    (last.features.hash ^ features.hash).count_ones()
+                );
+            }
+        }
+        let found = self
+            .candidates(&features)
+            .into_iter()
+            .find(|&at| same_picture(&self.window[at].features, &features, &self.thresholds));
+        if let Some(at) = found {
+            let kept = self.window.remove(at).expect("found in the window");
+            let source = kept.index;
+            self.window.push_back(kept);
+            return Decision {
+                source,
+                released: Vec::new(),
+            };
+        }
+        self.window.push_back(Kept { index, features });
+        let mut released = Vec::new();
+        while self.window.len() > self.capacity {
+            released.extend(self.window.pop_front().map(|k| k.index));
+        }
+        Decision {
+            source: index,
+            released,
+        }
+    }
+}
+
+impl Deduplicator {
+    /// Where to look, in order: the most recently used kept frame, then up to
+    /// `HASH_CANDIDATES` others whose hash is within `hash_bits`, nearest first.
+    fn candidates(&self, features: &Features) -> Vec<usize> {
+        let Some(last) = self.window.len().checked_sub(1) else {
+            return Vec::new();
+        };
+        let mut near: Vec<(u32, usize)> = (0..last)
+            .map(|at| {
+                (
+                    (self.window[at].features.hash ^ features.hash).count_ones(),
+                    at,
+                )
+            })
+            .filter(|&(bits, _)| bits <= self.thresholds.hash_bits)
+            .collect();
+        // Nearest hash first; among equals, the most recently used.
+        near.sort_by_key(|&(bits, at)| (bits, std::cmp::Reverse(at)));
+        std::iter::once(last)
+            .chain(near.into_iter().take(HASH_CANDIDATES).map(|(_, at)| at))
+            .collect()
+    }
+}
+
+/// Kept frames beyond the most recent one checked per frame: bounds the cost in still scenes,
+/// where every kept frame's hash is near.
+const HASH_CANDIDATES: usize = 4;
+
+/// The local check between a kept frame and a new one.
+pub fn same_picture(kept: &Features, new: &Features, t: &Thresholds) -> bool {
+    if (kept.pairs_per_row, kept.cell_rows) != (new.pairs_per_row, new.cell_rows) {
+        return false;
+    }
+    let (wq, ch) = (new.pairs_per_row, new.cell_rows);
+    // Blocks are 4x4 cells: two cell pairs wide, four cell rows high.
+    let (bw, bh) = (wq.div_ceil(2), ch.div_ceil(4));
+    // A cell is the sum of 4 pixels; a block of 16 cells, of 64.
+    let peak = (t.peak * 4.0).floor() as u32;
+    let mean = (t.mean * 64.0).floor() as u32;
+    let mut changed = vec![false; bw * bh];
+    let mut sums = vec![0u32; bw * bh];
+    for plane in 0..3 {
+        sums.iter_mut().for_each(|s| *s = 0);
+        let at = plane * ch * wq;
+        let (a, b) = (&kept.cells[at..at + ch * wq], &new.cells[at..at + ch * wq]);
+        for row in 0..ch {
+            let (ra, rb) = (&a[row * wq..(row + 1) * wq], &b[row * wq..(row + 1) * wq]);
+            let sums = &mut sums[(row / 4) * bw..(row / 4 + 1) * bw];
+            for (pair, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                let low = (x & 0xffff).abs_diff(y & 0xffff);
+                let high = (x >> 16).abs_diff(y >> 16);
+                if low.max(high) > peak {
+                    return false;
+                }
+                sums[pair / 2] += low + high;
+            }
+        }
+        for (c, &s) in changed.iter_mut().zip(&sums) {
+            *c |= s > mean;
+        }
+    }
+    let count = changed.iter().filter(|&&c| c).count();
+    count as f64 <= f64::from(t.fraction) * (bw * bh) as f64
+}
+
+/// How far apart two frames of one size are, in the units of `Thresholds`: for tuning and traces.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Difference {
+    pub peak: f32,
+    pub worst_block: f32,
+    /// Fraction of blocks whose mean change exceeds the given level.
+    pub changed: f32,
+}
+
+pub fn difference(a: &Features, b: &Features, mean: f32) -> Difference {
+    let (wq, ch) = (a.pairs_per_row, a.cell_rows);
+    let (bw, bh) = (wq.div_ceil(2), ch.div_ceil(4));
+    let mut worst = vec![0u32; bw * bh];
+    let mut peak = 0;
+    for plane in 0..3 {
+        let mut sums = vec![0u32; bw * bh];
+        for row in 0..ch {
+            for pair in 0..wq {
+                let i = (plane * ch + row) * wq + pair;
+                let (x, y) = (a.cells[i], b.cells[i]);
+                let low = (x & 0xffff).abs_diff(y & 0xffff);
+                let high = (x >> 16).abs_diff(y >> 16);
+                peak = peak.max(low).max(high);
+                sums[(row / 4) * bw + pair / 2] += low + high;
+            }
+        }
+        for (w, s) in worst.iter_mut().zip(sums) {
+            *w = (*w).max(s);
+        }
+    }
+    let limit = (mean * 64.0).floor() as u32;
+    Difference {
+        peak: peak as f32 / 4.0,
+        worst_block: worst.iter().copied().max().unwrap_or(0) as f32 / 64.0,
+        changed: worst.iter().filter(|&&w| w > limit).count() as f32 / worst.len().max(1) as f32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Thresholds = Thresholds {
+        peak: 8.0,
+        mean: 2.0,
+        fraction: 0.1,
+        hash_bits: 8,
+    };
+
+    /// A flat frame of cells 8 pairs wide and 8 rows high (4x2 blocks), every cell `level`.
+    fn flat(level: u32, hash: u64) -> Features {
+        Features {
+            pairs_per_row: 8,
+            cell_rows: 8,
+            cells: vec![level | level << 16; 3 * 64],
+            hash,
+        }
+    }
+
+    fn set_cell(f: &mut Features, plane: usize, row: usize, column: usize, value: u32) {
+        let w = &mut f.cells[(plane * 8 + row) * 8 + column / 2];
+        let shift = 16 * (column % 2);
+        *w = (*w & !(0xffff << shift)) | value << shift;
+    }
+
+    #[test]
+    fn one_changed_cell_above_the_peak_is_a_different_picture() {
+        let a = flat(400, 0);
+        let mut b = a.clone();
+        set_cell(&mut b, 2, 5, 3, 400 + 33); // 8.25 levels per pixel, blue only
+        assert!(!same_picture(&a, &b, &T));
+        set_cell(&mut b, 2, 5, 3, 400 + 32);
+        assert!(same_picture(&a, &b, &T));
+    }
+
+    #[test]
+    fn widespread_small_change_is_a_different_picture() {
+        let a = flat(400, 0);
+        // 3 levels per pixel everywhere: under the peak, over the mean in every block.
+        let b = flat(412, 0);
+        assert!(!same_picture(&a, &b, &T));
+        // The same change in one block of eight is within the fraction? 1/8 > 0.1: no.
+        let mut c = a.clone();
+        for row in 0..4 {
+            for column in 0..4 {
+                set_cell(&mut c, 0, row, column, 412);
+            }
+        }
+        assert!(!same_picture(&a, &c, &T));
+        let loose = Thresholds { fraction: 0.2, ..T };
+        assert!(same_picture(&a, &c, &loose));
+    }
+
+    #[test]
+    fn duplicates_point_at_the_kept_frame_never_along_a_chain() {
+        let mut d = Deduplicator::new(T, 4);
+        // A slow fade of 1 level per pixel per frame: each step is small, the sum is not.
+        let decisions: Vec<u64> = (0..8)
+            .map(|i| d.decide(i, flat(400 + 4 * i as u32, 0)).source)
+            .collect();
+        assert_eq!(decisions, [0, 0, 0, 3, 3, 3, 6, 6]);
+    }
+
+    #[test]
+    fn a_blink_finds_the_open_eyes_again_through_the_hash() {
+        let mut d = Deduplicator::new(T, 4);
+        let open = flat(400, 0xff00);
+        let mut closed = open.clone();
+        set_cell(&mut closed, 0, 2, 2, 0);
+        closed.hash = 0xff01;
+        let mut far = open.clone();
+        far.hash = !0xff00; // same cells, but the hash says it is elsewhere
+        assert_eq!(d.decide(0, open.clone()).source, 0);
+        assert_eq!(d.decide(1, closed.clone()).source, 1);
+        assert_eq!(d.decide(2, open.clone()).source, 0);
+        // Frame 0 is now the most recent: checked without the hash.
+        assert_eq!(d.decide(3, far).source, 0);
+        assert_eq!(d.decide(4, closed).source, 1);
+    }
+
+    #[test]
+    fn frames_leaving_the_window_are_released_least_recently_used_first() {
+        let mut d = Deduplicator::new(T, 2);
+        let f = |level| flat(level, 0);
+        assert_eq!(d.decide(0, f(0)).released, Vec::<u64>::new());
+        assert_eq!(d.decide(1, f(100)).released, Vec::<u64>::new());
+        assert_eq!(d.decide(2, f(0)).source, 0); // 0 becomes the most recent
+        let third = d.decide(3, f(200));
+        assert_eq!((third.source, third.released), (3, vec![1]));
+    }
+}

@@ -1,0 +1,86 @@
+//! Duplicate frames: held drawings (animation on twos and threes, still shots) are found on the
+//! device, so that each unique picture is upscaled once and its duplicates re-use the result.
+//!
+//! - `features`: what is computed per frame (integer 2x2 cell sums and a 64-bit hash), and its
+//!   definition on the host.
+//! - `burn_path`: the same with burn's tensor ops (cuda, cpu; wgpu when the WGSL path cannot run).
+//! - `wgsl`: the same as WGSL shaders on burn's own wgpu device.
+//! - `decide`: the decision against a window of kept frames.
+
+pub mod burn_path;
+pub mod decide;
+pub mod features;
+pub mod wgsl;
+
+use burn::backend::wgpu::WgpuSetup;
+use burn::tensor::backend::Backend;
+
+pub use decide::{Decision, Deduplicator, Thresholds};
+use features::{Features, Packed};
+use wgsl::WgslFeatures;
+
+/// `--dedup`: how alike two frames must be to be one picture. Tuned on x264-encoded animation
+/// (tests/dedup.rs): held frames differed by up to 8 levels in a 2x2 cell (a dark fade after a
+/// keyframe), while the faintest real change there, an 8x8 square 24 levels above its background
+/// moving one pixel, changed a cell by 14; live-action clips never came under 19.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Level {
+    /// Merge only frames that differ by light compression noise: no 2x2 cell by more than 5
+    /// levels, 1% of 8x8 blocks by more than 1.5 on average.
+    Strict,
+    /// Tolerate the noise of ordinary encodes: no cell by more than 8 levels, 5% of blocks by
+    /// more than 2.5 on average.
+    Normal,
+    /// Upscale every frame.
+    Off,
+}
+
+impl Level {
+    pub fn thresholds(self) -> Option<Thresholds> {
+        match self {
+            Level::Strict => Some(Thresholds {
+                peak: 5.0,
+                mean: 1.5,
+                fraction: 0.01,
+                hash_bits: 10,
+            }),
+            Level::Normal => Some(Thresholds {
+                peak: 8.0,
+                mean: 2.5,
+                fraction: 0.05,
+                hash_bits: 10,
+            }),
+            Level::Off => None,
+        }
+    }
+}
+
+/// Computes features on the device that runs the model.
+pub struct Detector<B: Backend> {
+    device: B::Device,
+    /// On wgpu, when burn's device is known to us.
+    shaders: Option<WgslFeatures>,
+}
+
+impl<B: Backend> Detector<B> {
+    pub fn new(device: &B::Device, wgpu: Option<&WgpuSetup>) -> Self {
+        Self {
+            device: device.clone(),
+            shaders: wgpu.map(WgslFeatures::new),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.shaders {
+            Some(_) => "WGSL shaders",
+            None => "burn tensor ops",
+        }
+    }
+
+    pub fn features(&mut self, frame: &Packed) -> Features {
+        match &mut self.shaders {
+            Some(shaders) if shaders.fits(frame) => shaders.features(frame),
+            _ => burn_path::features::<B>(frame, &self.device),
+        }
+    }
+}
