@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::backend::{BackendChoice, BackendKind};
+use crate::dedup::{Level as DedupLevel, Thresholds};
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_MODEL;
 use crate::upscale::TileSize;
@@ -118,6 +119,28 @@ pub struct Cli {
     #[arg(long, value_parser = ["png", "jpg", "webp"], help_heading = "Video")]
     pub frames: Option<String>,
 
+    /// Find held frames (duplicates) on the GPU and upscale each picture once; a duplicate is
+    /// written from its source's result. Neither level merges a visible change
+    #[arg(long, value_enum, default_value_t = DedupLevel::Normal, help_heading = "Duplicate frames")]
+    pub dedup: DedupLevel,
+
+    /// Expert: the largest change allowed in any 2x2-pixel cell, in levels per pixel (0-255)
+    #[arg(long, value_name = "LEVELS", help_heading = "Duplicate frames")]
+    pub dedup_peak: Option<f32>,
+
+    /// Expert: an 8x8 block whose mean change exceeds this many levels per pixel counts as changed
+    #[arg(long, value_name = "LEVELS", help_heading = "Duplicate frames")]
+    pub dedup_mean: Option<f32>,
+
+    /// Expert: the fraction of blocks (0-1) that may have changed in a duplicate
+    #[arg(long, value_name = "FRACTION", help_heading = "Duplicate frames")]
+    pub dedup_fraction: Option<f32>,
+
+    /// Expert: kept frames a frame is compared with (a blink, a cut back to a shot); the default
+    /// is 16, fewer when the upscaled frames are large (they are kept in memory for re-use)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Duplicate frames")]
+    pub dedup_window: Option<u16>,
+
     /// Write a JSON report: settings, device, per-phase timings and one record per frame
     #[arg(long, value_name = "FILE.json", help_heading = "Output")]
     pub report: Option<PathBuf>,
@@ -174,6 +197,10 @@ pub struct BenchArgs {
     /// Also write the rows as JSON lines to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Instead of the model, time duplicate-frame detection per frame at --sizes (every backend)
+    #[arg(long, conflicts_with = "decode")]
+    pub dedup: bool,
 
     /// Instead of the model, time decoding this video (software, then NVDEC where present)
     #[arg(long, value_name = "VIDEO")]
@@ -250,6 +277,9 @@ pub struct VideoOptions {
     pub hwdec: HwDecArg,
     pub preload: usize,
     pub frames: Option<String>,
+    /// None with `--dedup off`.
+    pub dedup: Option<Thresholds>,
+    pub dedup_window: Option<usize>,
 }
 
 impl Cli {
@@ -260,6 +290,24 @@ impl Cli {
         let format = self
             .format
             .map(|f| if f == "jpeg" { "jpg".into() } else { f });
+        let thresholds = self.dedup.thresholds().map(|t| Thresholds {
+            peak: self.dedup_peak.unwrap_or(t.peak),
+            mean: self.dedup_mean.unwrap_or(t.mean),
+            fraction: self.dedup_fraction.unwrap_or(t.fraction),
+            ..t
+        });
+        if let Some(t) = &thresholds {
+            let levels = 0.0..=255.0;
+            if !levels.contains(&t.peak)
+                || !levels.contains(&t.mean)
+                || !(0.0..=1.0).contains(&t.fraction)
+            {
+                return Err(Error::Usage(
+                    "--dedup-peak and --dedup-mean take 0 to 255 levels, --dedup-fraction 0 to 1"
+                        .into(),
+                ));
+            }
+        }
         Ok(Config {
             input,
             output,
@@ -289,6 +337,8 @@ impl Cli {
                 frames: self
                     .frames
                     .map(|f| if f == "jpeg" { "jpg".into() } else { f }),
+                dedup: thresholds,
+                dedup_window: self.dedup_window.map(usize::from),
             },
             report: self.report,
         })

@@ -3,6 +3,7 @@
 
 use ffmpeg_next::Packet;
 
+use crate::dedup::features::Packed;
 use crate::upscale::{Planar, Rgb8};
 
 /// A decoded picture (planar, 0..1) or an upscaled one (packed 8-bit, or planar for deep output).
@@ -29,8 +30,13 @@ pub struct Frame {
     pub duration: i64,
     /// The frame whose upscaled picture this one uses: itself unless it is a duplicate.
     pub source: u64,
-    /// The decoded picture before upscaling, the upscaled one after.
-    pub picture: Picture,
+    /// The decoded picture before upscaling, the upscaled one after; None for a duplicate,
+    /// which is written from its source's upscaled picture.
+    pub picture: Option<Picture>,
+    /// The decoded frame in 8 bits, packed for duplicate detection when that is on.
+    pub packed: Option<Packed>,
+    /// Kept frames that no frame from this one on uses as a source: their upscaled pictures can go.
+    pub released: Vec<u64>,
     /// Packets of copied streams read since the previous frame, in demux order.
     pub passthrough: Vec<Packet>,
 }

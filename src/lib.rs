@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod dedup;
 pub mod error;
 pub mod frame;
 pub mod images;
@@ -71,6 +72,17 @@ pub struct VideoSummary {
     pub ffmpeg_errors: u64,
     /// Frames NVDEC decoded (the rest were decoded in software).
     pub hardware_frames: u64,
+    /// How duplicates were found, when they were looked for.
+    pub dedup: Option<DedupSummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DedupSummary {
+    pub thresholds: dedup::Thresholds,
+    /// Kept frames each frame was compared with.
+    pub window: usize,
+    /// Where the features were computed.
+    pub features: String,
 }
 
 pub fn run(config: &Config) -> Result<Summary> {
@@ -220,10 +232,16 @@ fn run_video(config: &Config) -> Result<Summary> {
     let model = model::load(&config.model, config.scale)?;
     let selected = select_backend(config)?;
     match selected {
-        Selected::Cuda(device, info) => video_job::run::<Cuda>(&device, &info, config, &model),
-        Selected::Wgpu(device, info) => video_job::run::<Wgpu>(&device, &info, config, &model),
+        Selected::Cuda(device, info) => {
+            video_job::run::<Cuda>(&device, &info, None, config, &model)
+        }
+        Selected::Wgpu(device, info) => {
+            // Before burn opens the device, so that our shaders can share it.
+            let setup = backend::wgpu_setup(&device);
+            video_job::run::<Wgpu>(&device, &info, setup, config, &model)
+        }
         Selected::Cpu(info) => {
-            video_job::run::<NdArray>(&NdArrayDevice::Cpu, &info, config, &model)
+            video_job::run::<NdArray>(&NdArrayDevice::Cpu, &info, None, config, &model)
         }
     }
 }

@@ -72,12 +72,21 @@ fn run(cli: Cli) -> Result<(), Error> {
                 let secs = s.elapsed.as_secs_f64();
                 if let Some(v) = &s.video {
                     let p = &v.phases;
+                    let duplicates = v.frames - v.unique;
                     eprintln!(
-                        "Done: {} frames | {:.2} s | {:.2} fps | decode {:.1} s, upscale {:.1} s, save {:.1} s | {} x{} on {} [{}, {}] -> {}",
+                        "Total: {} | Unique: {} | Duplicates: {} ({:.1}%)",
+                        v.frames,
+                        v.unique,
+                        duplicates,
+                        100.0 * duplicates as f64 / v.frames.max(1) as f64
+                    );
+                    eprintln!(
+                        "Done: {} frames | {:.2} s | {:.2} fps | decode {:.1} s, dedup {:.1} s, upscale {:.1} s, save {:.1} s | {} x{} on {} [{}, {}] -> {}",
                         v.frames,
                         secs,
                         v.frames as f64 / secs.max(1e-9),
                         p.decode_s,
+                        p.dedup_s,
                         p.upscale_s,
                         p.save_s,
                         s.model,
@@ -115,7 +124,6 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
     if let Some(video) = &args.decode {
         return bench_decode(video, args.device.unwrap_or(0));
     }
-    let model = upframe::model::load(&args.model, None)?;
     let plan = BenchPlan {
         backend: args.backend.choice(),
         device: args.device,
@@ -124,6 +132,10 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         small: args.small,
         runs: args.runs,
     };
+    if args.dedup {
+        return bench_dedup(&plan);
+    }
+    let model = upframe::model::load(&args.model, None)?;
     let flop = upframe::bench::flop_per_pixel(&model);
     println!(
         "model {} (x{}), {:.4} MFLOP per input pixel, median of {} runs after warm-up",
@@ -158,6 +170,32 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         let text: String = json.iter().map(|j| format!("{j}\n")).collect();
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     }
+    Ok(())
+}
+
+fn bench_dedup(plan: &BenchPlan) -> Result<(), Error> {
+    println!(
+        "duplicate detection per frame (pack on the host, features on the device, decision against one kept frame), median of {} runs",
+        plan.runs
+    );
+    println!(
+        "{:<7} {:>10} {:>8} {:>9} {:>8} {:>8}  features, device",
+        "backend", "frame", "pack ms", "detect ms", "decide", "total"
+    );
+    upframe::bench::dedup_cost(plan, |r| {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{:<7} {:>10} {:>8.2} {:>9.2} {:>8.2} {:>8.2}  {}, {}",
+            r.backend.to_string(),
+            format!("{}x{}", r.width, r.height),
+            ms(r.pack),
+            ms(r.detect),
+            ms(r.decide),
+            ms(r.total()),
+            r.features,
+            r.device
+        );
+    })?;
     Ok(())
 }
 

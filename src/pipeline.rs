@@ -1,15 +1,18 @@
 //! The phased video pipeline. Each phase runs on its own thread and hands frames on through a
 //! bounded channel, so host memory stays bounded whatever the video's length:
 //!
-//! decode (thread) -> dedup (seam: every frame is its own source for now) -> preload buffer
-//! (a channel `preload` frames deep, keeping the GPU fed) -> upscale (one thread per upscaler, so
-//! that one frame's host work overlaps another's device work) -> save (thread: puts frames back in
-//! order, then encode + mux, or a frames folder).
+//! decode (thread) -> dedup (thread: features on the device, decision on the host; duplicates
+//! lose their picture) -> preload buffer (a channel `preload` frames deep, keeping the GPU fed) ->
+//! upscale (one thread per upscaler, so that one frame's host work overlaps another's device work;
+//! duplicates pass straight through) -> save (thread: puts frames back in order, then encode + mux,
+//! or a frames folder; a duplicate is written from its source's upscaled picture, kept until the
+//! dedup phase releases it).
 //!
 //! A phase that fails drops its channels; the others see them close and stop, and the first real
 //! error is returned. The output is renamed into place only after the save phase saw the end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
@@ -20,6 +23,8 @@ use burn::tensor::backend::Backend;
 use ffmpeg_next::Rational;
 use serde::Serialize;
 
+use crate::dedup::features::Packed;
+use crate::dedup::{Deduplicator, Detector};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Message, Picture};
 use crate::progress::Progress;
@@ -36,7 +41,7 @@ pub enum Save {
 
 impl Save {
     /// Whether 8-bit pictures suffice (they are then quantised on the device).
-    fn takes_rgb8(&self) -> bool {
+    pub fn takes_rgb8(&self) -> bool {
         match self {
             Save::Video(sink) => !sink.is_deep(),
             Save::Frames(dir) => !dir.is_deep(),
@@ -78,9 +83,16 @@ struct Saved {
     busy: Duration,
 }
 
+/// Duplicate detection for a run: features on the device, decisions on the host.
+pub struct Dedup<B: Backend> {
+    pub detector: Detector<B>,
+    pub decider: Deduplicator,
+}
+
 pub fn run<B: Backend>(
     upscalers: &mut [Upscaler<B>],
     source: Source,
+    dedup: Option<Dedup<B>>,
     save: Save,
     preload: usize,
     progress: &mut Progress,
@@ -95,16 +107,29 @@ where
         Save::Frames(_) => Vec::new(),
     };
     let rgb8 = save.takes_rgb8();
+    let keep_sources = dedup.is_some();
     let (to_upscale, decoded) = sync_channel::<Message>(preload.max(1));
     let (to_save, upscaled) = sync_channel::<Message>(2);
     let decoded = Mutex::new(Some(decoded));
     thread::scope(|scope| {
-        let decoding = scope.spawn(move || {
-            source.run(&copy_map, interrupted, |message| {
-                to_upscale.send(message).is_ok()
-            })
-        });
-        let saving = scope.spawn(move || save_phase(save, upscaled, progress));
+        let (decoding, deduplicating) = match dedup {
+            Some(dedup) => {
+                let (to_dedup, undeduplicated) = sync_channel::<Message>(2);
+                let decoding = scope.spawn(move || {
+                    source.run(&copy_map, interrupted, |m| to_dedup.send(m).is_ok())
+                });
+                let deduplicating =
+                    scope.spawn(move || dedup_phase(dedup, undeduplicated, to_upscale));
+                (decoding, Some(deduplicating))
+            }
+            None => {
+                let decoding = scope.spawn(move || {
+                    source.run(&copy_map, interrupted, |m| to_upscale.send(m).is_ok())
+                });
+                (decoding, None)
+            }
+        };
+        let saving = scope.spawn(move || save_phase(save, upscaled, keep_sources, progress));
         let workers: Vec<_> = upscalers
             .iter_mut()
             .map(|upscaler| {
@@ -127,28 +152,33 @@ where
             },
         );
         let decode = join(decoding);
+        let deduplicated = deduplicating.map_or(Ok(Duration::ZERO), join);
         let saved = join(saving);
         // The phase that failed first explains the others' stopping; interruption wins.
-        let (frames, upscale_busy, starved) = match (&decode, &upscaling, &saved) {
-            (Err(Error::Interrupted), _, _) | (_, Err(Error::Interrupted), _) => {
-                return Err(Error::Interrupted)
-            }
-            (Err(_), _, _) => return Err(decode.err().expect("checked")),
-            (_, Err(_), _) => return Err(upscaling.err().expect("checked")),
-            (_, _, Err(_)) => return Err(saved.err().expect("checked")),
-            (Ok(_), Ok(u), Ok(_)) => u.clone(),
-        };
-        let decode = decode.expect("checked");
+        let stopped = [
+            decode.as_ref().err(),
+            deduplicated.as_ref().err(),
+            upscaling.as_ref().err(),
+        ]
+        .into_iter()
+        .any(|e| matches!(e, Some(Error::Interrupted)));
+        if stopped {
+            return Err(Error::Interrupted);
+        }
+        let decode = decode?;
+        let dedup_busy = deduplicated?;
+        let (frames, upscale_busy, starved) = upscaling?;
+        let saved = saved?;
         let mut frames = frames;
         frames.sort_by_key(|f| f.index);
-        let Some(saved) = saved.expect("checked") else {
+        let Some(saved) = saved else {
             return Err(Error::Interrupted);
         };
         Ok(VideoOutcome {
             frames,
             phases: PhaseTimes {
                 decode_s: decode.busy.as_secs_f64(),
-                dedup_s: 0.0,
+                dedup_s: dedup_busy.as_secs_f64(),
                 upscale_s: upscale_busy.as_secs_f64(),
                 save_s: saved.busy.as_secs_f64(),
                 upscale_starved_s: starved.as_secs_f64(),
@@ -166,6 +196,45 @@ fn join<T>(handle: thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
             reason: crate::panic_message(&payload),
         })
     })
+}
+
+/// Finds each frame's source and drops duplicates' pictures. Returns its busy time.
+fn dedup_phase<B: Backend>(
+    mut dedup: Dedup<B>,
+    decoded: Receiver<Message>,
+    to_upscale: SyncSender<Message>,
+) -> Result<Duration> {
+    let mut busy = Duration::ZERO;
+    for message in decoded {
+        let message = match message {
+            Message::Frame(mut frame) => {
+                let started = Instant::now();
+                let packed = match (frame.packed.take(), &frame.picture) {
+                    (Some(packed), _) => packed,
+                    (None, Some(Picture::Planar(picture))) => Packed::from_planar(picture),
+                    _ => unreachable!("the decoder sends planar pictures"),
+                };
+                let features = catch_unwind(AssertUnwindSafe(|| dedup.detector.features(&packed)))
+                    .map_err(|payload| Error::Device {
+                        context: "finding duplicate frames".into(),
+                        reason: crate::panic_message(&payload),
+                    })?;
+                let decision = dedup.decider.decide(frame.index, features);
+                if decision.source != frame.index {
+                    frame.picture = None;
+                }
+                frame.source = decision.source;
+                frame.released = decision.released;
+                busy += started.elapsed();
+                Message::Frame(frame)
+            }
+            end => end,
+        };
+        if to_upscale.send(message).is_err() {
+            break; // the upscale phase stopped; its error says why
+        }
+    }
+    Ok(busy)
 }
 
 type UpscaleResult = (Vec<FrameRecord>, Duration, Duration);
@@ -209,13 +278,15 @@ fn upscale_phase<B: Backend>(
                     return Err(Error::Interrupted);
                 }
                 let started = Instant::now();
-                let Picture::Planar(decoded) = &frame.picture else {
-                    unreachable!("the decoder sends planar pictures");
-                };
-                let picture = if rgb8 {
-                    Picture::Rgb8(upscaler.upscale_rgb8(decoded, interrupted)?)
-                } else {
-                    Picture::Planar(upscaler.upscale(decoded, interrupted)?)
+                let picture = match &frame.picture {
+                    None => None, // a duplicate
+                    Some(Picture::Planar(decoded)) if rgb8 => {
+                        Some(Picture::Rgb8(upscaler.upscale_rgb8(decoded, interrupted)?))
+                    }
+                    Some(Picture::Planar(decoded)) => {
+                        Some(Picture::Planar(upscaler.upscale(decoded, interrupted)?))
+                    }
+                    Some(Picture::Rgb8(_)) => unreachable!("the decoder sends planar pictures"),
                 };
                 busy += started.elapsed();
                 records.push(FrameRecord {
@@ -244,8 +315,13 @@ fn upscale_phase<B: Backend>(
 fn save_phase(
     mut save: Save,
     upscaled: Receiver<Message>,
+    keep_sources: bool,
     progress: &mut Progress,
 ) -> Result<Option<Saved>> {
+    let mut sources = Sources {
+        keep: keep_sources && matches!(save, Save::Video(_)),
+        pictures: HashMap::new(),
+    };
     let mut waiting: BTreeMap<u64, Frame> = BTreeMap::new();
     let mut next = 0;
     let mut end = None;
@@ -257,7 +333,7 @@ fn save_phase(
             Message::End { frames, packets } => end = Some((frames, packets)),
         }
         while let Some(frame) = waiting.remove(&next) {
-            write(&mut save, frame)?;
+            write(&mut save, frame, &mut sources)?;
             progress.step(&format!("frame {next}"));
             next += 1;
         }
@@ -286,14 +362,47 @@ fn save_phase(
     }
 }
 
-fn write(save: &mut Save, frame: Frame) -> Result<()> {
+/// Upscaled pictures of kept frames that later duplicates may still use (video output; a frames
+/// folder links files instead).
+struct Sources {
+    keep: bool,
+    pictures: HashMap<u64, Picture>,
+}
+
+fn write(save: &mut Save, frame: Frame, sources: &mut Sources) -> Result<()> {
+    let missing = || Error::Device {
+        context: "video pipeline".into(),
+        reason: format!(
+            "frame {} uses frame {}, whose picture is gone",
+            frame.index, frame.source
+        ),
+    };
     match save {
         Save::Video(sink) => {
             for packet in frame.passthrough {
                 sink.copy_packet(packet)?;
             }
-            sink.write_frame(&frame.picture, frame.pts, frame.duration)
+            let picture = match frame.picture {
+                Some(picture) => {
+                    sink.write_frame(&picture, frame.pts, frame.duration)?;
+                    if sources.keep {
+                        sources.pictures.insert(frame.index, picture);
+                    }
+                    None
+                }
+                None => Some(sources.pictures.get(&frame.source).ok_or_else(missing)?),
+            };
+            if let Some(picture) = picture {
+                sink.write_frame(picture, frame.pts, frame.duration)?;
+            }
         }
-        Save::Frames(dir) => dir.write(frame.index, &frame.picture),
+        Save::Frames(dir) => match &frame.picture {
+            Some(picture) => dir.write(frame.index, picture)?,
+            None => dir.link(frame.index, frame.source)?,
+        },
     }
+    for index in &frame.released {
+        sources.pictures.remove(index);
+    }
+    Ok(())
 }

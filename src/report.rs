@@ -33,6 +33,7 @@ pub fn write(
             "crf": config.video.encode.crf,
             "preset": config.video.encode.preset,
             "preload": config.video.preload,
+            "dedup": video.map(|v| &v.dedup),
         },
         "peak_rss_mib": peak_rss_mib(),
         "timings": {

@@ -3,23 +3,29 @@
 
 use std::time::{Duration, Instant};
 
+use burn::backend::wgpu::WgpuSetup;
 use burn::tensor::backend::Backend;
 
 use crate::backend::{BackendKind, DeviceInfo};
 use crate::cli::{Config, HwDecArg};
+use crate::dedup::{Deduplicator, Detector};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::pipeline::{self, Save};
+use crate::pipeline::{self, Dedup, Save};
 use crate::progress::Progress;
 use crate::upscale::Upscaler;
 use crate::video::colour;
 use crate::video::decode::{self, HwDecode};
 use crate::video::encode::{self, Sink};
 use crate::video::frames_dir::FramesDir;
-use crate::{memory_budget, report, resolve_precision, Summary, VideoSummary};
+use crate::{memory_budget, report, resolve_precision, DedupSummary, Summary, VideoSummary};
 
 /// Upscale threads on a GPU backend.
 const UPSCALE_THREADS: usize = 2;
+
+/// Host memory for upscaled pictures kept for later duplicates: it bounds the dedup window.
+const SOURCE_CACHE_BYTES: usize = 1 << 30;
+const DEDUP_WINDOW: usize = 16;
 
 /// Refuses, before any work, what would fail or destroy data at the end.
 pub fn check_paths(config: &Config) -> Result<()> {
@@ -62,6 +68,7 @@ pub fn check_paths(config: &Config) -> Result<()> {
 pub fn run<B: Backend>(
     device: &B::Device,
     info: &DeviceInfo,
+    wgpu: Option<WgpuSetup>,
     config: &Config,
     model: &Model,
 ) -> Result<Summary> {
@@ -81,7 +88,8 @@ pub fn run<B: Backend>(
         (HwDecArg::None, _) => HwDecode::None,
     };
     let errors_before = crate::video::ffmpeg_errors();
-    let source = decode::open(&config.input, hwdec)?;
+    let mut source = decode::open(&config.input, hwdec)?;
+    source.pack = config.video.dedup.is_some();
     let v = source.info.clone();
     log::info!(
         "input {} {}x{} {:?}, {:.3} fps, {:?} {} range; decoding with {}",
@@ -139,10 +147,38 @@ pub fn run<B: Backend>(
         model.scale,
         upscalers[0].tile()
     );
+    let mut dedup_summary = None;
+    let dedup = config.video.dedup.map(|thresholds| {
+        let sample_bytes = if save.takes_rgb8() { 4 } else { 12 };
+        let picture_bytes =
+            (v.width * v.height) as usize * model.scale * model.scale * sample_bytes;
+        let window = config.video.dedup_window.unwrap_or(match save {
+            Save::Frames(_) => DEDUP_WINDOW,
+            Save::Video(_) => (SOURCE_CACHE_BYTES / picture_bytes).clamp(1, DEDUP_WINDOW),
+        });
+        let detector = Detector::<B>::new(device, wgpu.as_ref());
+        log::info!(
+            "duplicate frames: a frame is one picture with a kept one when no 2x2 cell changed by more than {} levels, and at most {:.1}% of 8x8 blocks by more than {} on average; {window} kept frames compared, features by {}",
+            thresholds.peak,
+            thresholds.fraction * 100.0,
+            thresholds.mean,
+            detector.name()
+        );
+        dedup_summary = Some(DedupSummary {
+            thresholds,
+            window,
+            features: detector.name().to_string(),
+        });
+        Dedup {
+            detector,
+            decider: Deduplicator::new(thresholds, window),
+        }
+    });
     let mut progress = Progress::frames(v.frames_estimate, config.quiet);
     let outcome = pipeline::run(
         &mut upscalers,
         source,
+        dedup,
         save,
         config.video.preload,
         &mut progress,
@@ -192,6 +228,7 @@ the frames around them may be missing or show errors (UPFRAME_FFMPEG_LOG=warning
             damaged_packets: outcome.decode.damaged_packets,
             ffmpeg_errors,
             hardware_frames: outcome.decode.hardware_frames,
+            dedup: dedup_summary,
         }),
     };
     if let Some(path) = &config.report {

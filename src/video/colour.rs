@@ -8,6 +8,7 @@ use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color::{Range, Space};
 use ffmpeg_next::util::frame;
 
+use crate::dedup::features::Packed;
 use crate::frame::Picture;
 use crate::upscale::{Planar, Rgb8};
 
@@ -223,7 +224,13 @@ impl ToRgb {
         }
     }
 
-    pub fn convert(&mut self, frame: &frame::Video, colour: Colour) -> Result<Planar, String> {
+    /// The frame as planar RGB, and packed in 8 bits when `pack` (for duplicate detection).
+    pub fn convert(
+        &mut self,
+        frame: &frame::Video,
+        colour: Colour,
+        pack: bool,
+    ) -> Result<(Planar, Option<Packed>), String> {
         let (w, h) = (frame.width(), frame.height());
         let deep = bit_depth(frame.format()) > 8;
         let target = if deep { Pixel::GBRP16LE } else { Pixel::GBRP };
@@ -237,6 +244,8 @@ impl ToRgb {
         unsafe { scale_frame(ctx, frame, &mut self.rgb) };
         let (w, h) = (w as usize, h as usize);
         let mut out = Planar::new(3, w, h);
+        let mut packed = pack.then(|| Packed::new(w, h));
+        let mut bytes = vec![0u8; if pack && deep { w } else { 0 }];
         // GBRP stores G, B, R; the model wants R, G, B.
         for (channel, plane) in [(0, 2), (1, 0), (2, 1)] {
             let stride = self.rgb.stride(plane);
@@ -250,14 +259,24 @@ impl ToRgb {
                         let v = u16::from_le_bytes([row[2 * x], row[2 * x + 1]]);
                         *d = v as f32 / 65535.0;
                     }
+                    if let Some(packed) = &mut packed {
+                        for (x, b) in bytes.iter_mut().enumerate() {
+                            let v = u32::from(u16::from_le_bytes([row[2 * x], row[2 * x + 1]]));
+                            *b = ((v * 255 + 32767) / 65535) as u8;
+                        }
+                        packed.set_row(channel, y, &bytes);
+                    }
                 } else {
                     for (d, &v) in dst.iter_mut().zip(&row[..w]) {
                         *d = v as f32 / 255.0;
                     }
+                    if let Some(packed) = &mut packed {
+                        packed.set_row(channel, y, &row[..w]);
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok((out, packed))
     }
 }
 
@@ -370,10 +389,14 @@ mod tests {
         crate::video::init();
         let colour = Colour::resolve(Space::BT709, Range::MPEG, Pixel::YUV420P, 720);
         let mut to = ToRgb::new();
-        let black = to.convert(&gray_frame(Pixel::YUV420P, 16), colour).unwrap();
+        let black = to
+            .convert(&gray_frame(Pixel::YUV420P, 16), colour, false)
+            .unwrap()
+            .0;
         let white = to
-            .convert(&gray_frame(Pixel::YUV420P, 235), colour)
-            .unwrap();
+            .convert(&gray_frame(Pixel::YUV420P, 235), colour, false)
+            .unwrap()
+            .0;
         assert!(black.data.iter().all(|&v| v.abs() < 1.5 / 255.0));
         assert!(white.data.iter().all(|&v| (v - 1.0).abs() < 1.5 / 255.0));
     }
@@ -406,7 +429,14 @@ mod tests {
                 let yuv = FromRgb::new()
                     .convert(&Picture::Planar(image.clone()), format, colour)
                     .unwrap();
-                let back = ToRgb::new().convert(&yuv, colour).unwrap();
+                let (back, packed) = ToRgb::new().convert(&yuv, colour, true).unwrap();
+                if format == Pixel::YUV420P {
+                    assert_eq!(
+                        packed,
+                        Some(Packed::from_planar(&back)),
+                        "one 8-bit packing"
+                    );
+                }
                 let worst = image
                     .data
                     .iter()

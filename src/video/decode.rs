@@ -54,6 +54,8 @@ pub struct Source {
     pub path: PathBuf,
     pub input: Input,
     pub info: VideoInfo,
+    /// Also send each frame packed in 8 bits, for duplicate detection.
+    pub pack: bool,
     decoder: ffmpeg_next::decoder::Video,
 }
 
@@ -180,6 +182,7 @@ pub fn open(path: &Path, hwdec: HwDecode) -> Result<Source> {
     };
     Ok(Source {
         path: path.to_path_buf(),
+        pack: false,
         input,
         info,
         decoder,
@@ -195,7 +198,7 @@ impl Source {
         interrupted: &dyn Fn() -> bool,
         mut emit: impl FnMut(Message) -> bool,
     ) -> Result<DecodeStats> {
-        let mut state = DecodeState::new(self.info.clone(), self.path.clone());
+        let mut state = DecodeState::new(self.info.clone(), self.path.clone(), self.pack);
         let mut read_failures = 0;
         loop {
             if interrupted() {
@@ -246,6 +249,7 @@ struct DecodeState {
     info: VideoInfo,
     path: PathBuf,
     rgb: ToRgb,
+    pack: bool,
     held: Option<Frame>,
     passthrough: Vec<Packet>,
     /// The last frame's time and the time a frame after it would have.
@@ -255,7 +259,7 @@ struct DecodeState {
 }
 
 impl DecodeState {
-    fn new(info: VideoInfo, path: PathBuf) -> Self {
+    fn new(info: VideoInfo, path: PathBuf, pack: bool) -> Self {
         let default_duration = (f64::from(info.frame_rate.invert()) / f64::from(info.time_base))
             .round()
             .max(1.0) as i64;
@@ -263,6 +267,7 @@ impl DecodeState {
             info,
             path,
             rgb: ToRgb::new(),
+            pack,
             held: None,
             passthrough: Vec::new(),
             next_pts: None,
@@ -315,9 +320,9 @@ impl DecodeState {
             } else {
                 &decoded
             };
-            let picture = self
+            let (picture, packed) = self
                 .rgb
-                .convert(host, self.info.colour)
+                .convert(host, self.info.colour, self.pack)
                 .map_err(|reason| self.fatal(reason))?;
             let (pts, duration) = self.timestamp(&decoded);
             let frame = Frame {
@@ -325,7 +330,9 @@ impl DecodeState {
                 pts,
                 duration,
                 source: self.stats.frames,
-                picture: Picture::Planar(picture),
+                picture: Some(Picture::Planar(picture)),
+                packed,
+                released: Vec::new(),
                 passthrough: Vec::new(),
             };
             self.stats.frames += 1;

@@ -17,6 +17,8 @@ pub struct FramesDir {
     quality: u8,
     pub busy: Duration,
     pub written: u64,
+    /// Duplicates written as links or copies of their source's file.
+    pub linked: u64,
 }
 
 impl FramesDir {
@@ -41,6 +43,7 @@ impl FramesDir {
             quality,
             busy: Duration::ZERO,
             written: 0,
+            linked: 0,
         };
         let first = out.path(0);
         if first.exists() && !overwrite {
@@ -73,6 +76,31 @@ impl FramesDir {
         };
         images::write(image, &self.path(index), self.overwrite, self.quality)?;
         self.written += 1;
+        self.busy += started.elapsed();
+        Ok(())
+    }
+
+    /// A duplicate: a hard link to its source's file (a copy where the file system has no links),
+    /// made under a temporary name and renamed like every other picture.
+    pub fn link(&mut self, index: u64, source: u64) -> Result<()> {
+        let started = Instant::now();
+        let (from, to) = (self.path(source), self.path(index));
+        if to.exists() && !self.overwrite {
+            return Err(Error::OutputExists { path: to });
+        }
+        let temporary = self
+            .dir
+            .join(format!(".upframe-link-{index}.{}", self.extension));
+        let _ = std::fs::remove_file(&temporary);
+        if std::fs::hard_link(&from, &temporary).is_err() {
+            std::fs::copy(&from, &temporary).map_err(|e| Error::io(&to, e))?;
+        }
+        std::fs::rename(&temporary, &to).map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            Error::io(&to, e)
+        })?;
+        self.written += 1;
+        self.linked += 1;
         self.busy += started.elapsed();
         Ok(())
     }
