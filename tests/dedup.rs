@@ -1,0 +1,473 @@
+//! Duplicate frames, as a user meets them: a clip animated from a real photograph the way hand-drawn
+//! animation is (holds on twos and threes, a pan, a zoom, small objects moving one pixel per
+//! drawing over a still shot, a blink, a fade, cuts), encoded lossily with x264 so that held
+//! frames are not bit-exact. The test knows which frames show the same drawing, and checks
+//! upframe's report against it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use burn::backend::{NdArray, Wgpu};
+use image::{imageops, Rgb, RgbImage};
+use serde_json::Value;
+use upframe::dedup::features::{self, Packed};
+use upframe::dedup::{burn_path, wgsl::WgslFeatures};
+use upframe::upscale::Planar;
+
+use common::{p, stderr, upframe};
+
+const WIDTH: u32 = 256;
+const HEIGHT: u32 = 176;
+
+/// Frames of a clip, each with the id of the drawing it shows: equal ids, equal pictures.
+struct Animation {
+    frames: Vec<(RgbImage, u32)>,
+    drawings: u32,
+}
+
+impl Animation {
+    fn new() -> Self {
+        Self {
+            frames: Vec::new(),
+            drawings: 0,
+        }
+    }
+
+    /// A new drawing, held for `hold` frames. Returns its id.
+    fn draw(&mut self, picture: RgbImage, hold: usize) -> u32 {
+        let id = self.drawings;
+        self.drawings += 1;
+        self.repeat(picture, id, hold);
+        id
+    }
+
+    /// An earlier drawing again.
+    fn repeat(&mut self, picture: RgbImage, id: u32, hold: usize) {
+        for _ in 0..hold {
+            self.frames.push((picture.clone(), id));
+        }
+    }
+
+    fn ids(&self) -> Vec<u32> {
+        self.frames.iter().map(|(_, id)| *id).collect()
+    }
+}
+
+fn photo() -> RgbImage {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/street.jpg");
+    image::open(path).expect("samples/street.jpg").to_rgb8()
+}
+
+fn shot(photo: &RgbImage, x: u32, y: u32) -> RgbImage {
+    imageops::crop_imm(photo, x, y, WIDTH, HEIGHT).to_image()
+}
+
+fn zoomed(photo: &RgbImage, x: u32, y: u32, zoom: f32) -> RgbImage {
+    let (w, h) = (WIDTH as f32 / zoom, HEIGHT as f32 / zoom);
+    let (cx, cy) = (
+        x as f32 + WIDTH as f32 / 2.0,
+        y as f32 + HEIGHT as f32 / 2.0,
+    );
+    let region = imageops::crop_imm(
+        photo,
+        (cx - w / 2.0).round() as u32,
+        (cy - h / 2.0).round() as u32,
+        w.round() as u32,
+        h.round() as u32,
+    )
+    .to_image();
+    imageops::resize(&region, WIDTH, HEIGHT, imageops::FilterType::Triangle)
+}
+
+fn square(
+    picture: &RgbImage,
+    x: u32,
+    y: u32,
+    size: u32,
+    colour: impl Fn(Rgb<u8>) -> Rgb<u8>,
+) -> RgbImage {
+    let mut out = picture.clone();
+    for dy in 0..size {
+        for dx in 0..size {
+            let p = *out.get_pixel(x + dx, y + dy);
+            out.put_pixel(x + dx, y + dy, colour(p));
+        }
+    }
+    out
+}
+
+fn faded(picture: &RgbImage, factor: f32) -> RgbImage {
+    let mut out = picture.clone();
+    for p in out.pixels_mut() {
+        for c in &mut p.0 {
+            *c = (*c as f32 * factor).round() as u8;
+        }
+    }
+    out
+}
+
+/// The whole test animation: 121 frames at 24 fps, 256x176.
+fn animation() -> Animation {
+    let photo = photo();
+    let mut a = Animation::new();
+    let still = shot(&photo, 40, 48);
+    // A small high-contrast object moving one pixel per drawing, on twos.
+    let mut last = still.clone();
+    let mut last_id = 0;
+    for k in 0..12 {
+        last = square(&still, 60 + k, 80, 8, |_| Rgb([250, 30, 30]));
+        last_id = a.draw(last.clone(), 2);
+    }
+    // A faint one (+24 levels), the case global hashes miss.
+    for k in 0..6 {
+        let frame = square(&still, 150 + k, 120, 8, |Rgb([r, g, b])| {
+            Rgb([
+                r.saturating_add(24),
+                g.saturating_add(24),
+                b.saturating_add(24),
+            ])
+        });
+        a.draw(frame, 2);
+    }
+    // A pan on threes, then a zoom on twos.
+    for k in 0..8 {
+        a.draw(shot(&photo, 40 + 2 * k, 48), 3);
+    }
+    for k in 0..8 {
+        a.draw(zoomed(&photo, 60, 48, 1.0 + 0.02 * k as f32), 2);
+    }
+    // A blink: the open eyes come back, the same drawing as before.
+    let face = shot(&photo, 300, 60);
+    let closed = square(&face, 120, 70, 10, |_| Rgb([20, 20, 20]));
+    let open_id = a.draw(face.clone(), 3);
+    let closed_id = a.draw(closed.clone(), 2);
+    a.repeat(face.clone(), open_id, 3);
+    a.repeat(closed, closed_id, 2);
+    a.repeat(face.clone(), open_id, 3);
+    // A fade to black on twos.
+    for k in 1..=8 {
+        a.draw(faded(&face, 1.0 - k as f32 / 9.0), 2);
+    }
+    // A cut to a held shot, a cut back to the first shot's last drawing.
+    a.draw(shot(&photo, 200, 20), 6);
+    a.repeat(last, last_id, 4);
+    // A pan on ones: every frame differs.
+    for k in 0..6 {
+        a.draw(shot(&photo, 100 + k, 30), 1);
+    }
+    a
+}
+
+/// Encodes the frames with x264 (lossy, as real clips are) into `path`.
+fn encode(animation: &Animation, path: &Path) {
+    let mut child = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"])
+        .args(["-s", &format!("{WIDTH}x{HEIGHT}"), "-r", "24", "-i", "-"])
+        .args([
+            "-c:v", "libx264", "-crf", "20", "-g", "24", "-pix_fmt", "yuv420p",
+        ])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("the ffmpeg CLI (scripts/install-deps.sh installs it)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        for (frame, _) in &animation.frames {
+            stdin
+                .write_all(frame.as_raw())
+                .expect("write a frame to ffmpeg");
+        }
+    }
+    assert!(child.wait().expect("ffmpeg").success());
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn report(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).expect("report")).expect("report JSON")
+}
+
+fn sources(report: &Value) -> Vec<u64> {
+    report["frames"]
+        .as_array()
+        .expect("frames array")
+        .iter()
+        .map(|f| f["source"].as_u64().expect("source"))
+        .collect()
+}
+
+/// Frames merged with a frame of another drawing, and the share of adjacent repeats found.
+fn score(ids: &[u32], sources: &[u64]) -> (Vec<(usize, u64)>, f64) {
+    assert_eq!(ids.len(), sources.len(), "one source per frame");
+    let false_merges: Vec<_> = sources
+        .iter()
+        .enumerate()
+        .filter(|&(i, &s)| ids[s as usize] != ids[i])
+        .map(|(i, &s)| (i, s))
+        .collect();
+    let repeats: Vec<usize> = (1..ids.len()).filter(|&i| ids[i] == ids[i - 1]).collect();
+    let found = repeats.iter().filter(|&&i| sources[i] != i as u64).count();
+    (false_merges, found as f64 / repeats.len() as f64)
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = upframe(args);
+    assert!(out.status.success(), "upframe {args:?}: {}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn held_drawings_are_found_and_nothing_else_is_merged_on_cpu_and_wgpu() {
+    let dir = Dir::new();
+    let clip = dir.path("animation.mkv");
+    let a = animation();
+    encode(&a, &clip);
+    let ids = a.ids();
+    let mut mappings = Vec::new();
+    for backend in ["cpu", "wgpu"] {
+        let (out, json) = (
+            dir.path(&format!("{backend}.mkv")),
+            dir.path(&format!("{backend}.json")),
+        );
+        let log = run_ok(&[
+            p(&clip),
+            "-o",
+            p(&out),
+            "--model",
+            "bicubic",
+            "--scale",
+            "2",
+            "--backend",
+            backend,
+            "--report",
+            p(&json),
+        ]);
+        let report = report(&json);
+        let sources = sources(&report);
+        let (false_merges, recall) = score(&ids, &sources);
+        println!("{backend}: recall {recall:.3}, sources {sources:?}");
+        assert!(
+            false_merges.is_empty(),
+            "{backend}: frames merged with another drawing (frame, source): {false_merges:?}"
+        );
+        assert!(
+            recall >= 0.95,
+            "{backend}: found {recall:.3} of the held frames"
+        );
+        let unique = sources
+            .iter()
+            .enumerate()
+            .filter(|&(i, &s)| s == i as u64)
+            .count() as u64;
+        let totals = &report["totals"];
+        assert_eq!(totals["unique"].as_u64(), Some(unique), "{backend}");
+        assert_eq!(
+            totals["model_runs"].as_u64(),
+            Some(unique),
+            "{backend}: the model runs once per unique frame"
+        );
+        let line = format!(
+            "Total: {} | Unique: {unique} | Duplicates: {} (",
+            ids.len(),
+            ids.len() as u64 - unique
+        );
+        assert!(
+            log.contains(&line),
+            "{backend}: summary missing {line:?} in {log}"
+        );
+        mappings.push(sources);
+    }
+    assert_eq!(
+        mappings[0], mappings[1],
+        "cpu and wgpu took different decisions"
+    );
+}
+
+fn planar(picture: &RgbImage) -> Planar {
+    let (w, h) = (picture.width() as usize, picture.height() as usize);
+    let mut out = Planar::new(3, w, h);
+    for (i, p) in picture.pixels().enumerate() {
+        for c in 0..3 {
+            out.data[c * w * h + i] = f32::from(p.0[c]) / 255.0;
+        }
+    }
+    out
+}
+
+#[test]
+fn wgsl_shaders_burn_ops_and_the_definition_give_identical_features() {
+    let Some((device, info)) = upframe::backend::wgpu_devices().into_iter().next() else {
+        eprintln!("skipped: no wgpu adapter (install mesa-vulkan-drivers for a software one)");
+        return;
+    };
+    let setup = upframe::backend::wgpu_setup(&device).expect("the first use of this device");
+    let mut shaders = WgslFeatures::new(&setup);
+    let photo = photo();
+    let mut pictures: Vec<RgbImage> = vec![
+        photo.clone(),
+        shot(&photo, 40, 48),
+        imageops::crop_imm(&photo, 3, 5, 321, 241).to_image(),
+        imageops::crop_imm(&photo, 0, 0, 7, 3).to_image(),
+    ];
+    pictures.push(square(&pictures[1], 60, 80, 8, |_| Rgb([250, 30, 30])));
+    for picture in &pictures {
+        let packed = Packed::from_planar(&planar(picture));
+        let expected = features::reference(&packed);
+        let size = (picture.width(), picture.height());
+        assert_eq!(
+            shaders.features(&packed),
+            expected,
+            "WGSL on {}, {size:?}",
+            info.name
+        );
+        assert_eq!(
+            burn_path::features::<Wgpu>(&packed, &device),
+            expected,
+            "burn wgpu, {size:?}"
+        );
+        assert_eq!(
+            burn_path::features::<NdArray>(&packed, &Default::default()),
+            expected,
+            "burn cpu, {size:?}"
+        );
+        if size.0 >= 32 && size.1 >= 16 {
+            assert_ne!(expected.hash, 0, "{size:?}: a photograph has a hash");
+        }
+    }
+}
+
+/// The first 24 frames: the moving object on twos.
+fn short_clip(dir: &Dir) -> (PathBuf, Vec<u32>) {
+    let mut a = animation();
+    a.frames.truncate(24);
+    let clip = dir.path("short.mkv");
+    encode(&a, &clip);
+    (clip, a.ids())
+}
+
+#[test]
+fn duplicates_in_a_frames_folder_are_links_to_their_source() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Dir::new();
+    let (clip, ids) = short_clip(&dir);
+    let (frames, json) = (dir.path("frames"), dir.path("frames.json"));
+    run_ok(&[
+        p(&clip),
+        "-o",
+        p(&frames),
+        "--frames",
+        "png",
+        "--model",
+        "bicubic",
+        "--scale",
+        "2",
+        "--backend",
+        "cpu",
+        "--report",
+        p(&json),
+    ]);
+    let sources = sources(&report(&json));
+    assert_eq!(score(&ids, &sources).0, vec![], "no false merges");
+    let file = |i: u64| frames.join(format!("{i:06}.png"));
+    let mut links = 0;
+    for (i, &s) in sources.iter().enumerate() {
+        let (a, b) = (
+            std::fs::metadata(file(i as u64)).unwrap(),
+            std::fs::metadata(file(s)).unwrap(),
+        );
+        if s != i as u64 {
+            assert_eq!(a.ino(), b.ino(), "frame {i} is a link to frame {s}");
+            links += 1;
+        }
+    }
+    assert_eq!(links, 12, "the twelve held frames are links");
+    let names: Vec<_> = std::fs::read_dir(&frames)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        24,
+        "one file per frame, no temporary left: {names:?}"
+    );
+}
+
+#[test]
+fn a_video_keeps_every_frame_and_timestamp_and_dedup_off_upscales_each() {
+    let dir = Dir::new();
+    let (clip, _) = short_clip(&dir);
+    let times = |path: &Path| {
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "frame=pts_time",
+            ])
+            .args(["-of", "csv=p=0"])
+            .arg(path)
+            .output()
+            .expect("ffprobe");
+        // Side data (x264's SEI on the first frame) adds fields and lines that are not a time.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(',').next())
+            .filter(|t| t.parse::<f64>().is_ok())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let expected = times(&clip);
+    assert_eq!(expected.len(), 24);
+    for (name, level, unique) in [("on.mp4", "normal", 12), ("off.mp4", "off", 24)] {
+        let (out, json) = (dir.path(name), dir.path(&format!("{name}.json")));
+        run_ok(&[
+            p(&clip),
+            "-o",
+            p(&out),
+            "--model",
+            "bicubic",
+            "--scale",
+            "2",
+            "--backend",
+            "cpu",
+            "--dedup",
+            level,
+            "--report",
+            p(&json),
+        ]);
+        assert_eq!(
+            times(&out),
+            expected,
+            "--dedup {level}: every frame at its own time"
+        );
+        let totals = &report(&json)["totals"];
+        assert_eq!(totals["unique"].as_u64(), Some(unique), "--dedup {level}");
+        assert_eq!(
+            totals["model_runs"].as_u64(),
+            Some(unique),
+            "--dedup {level}"
+        );
+    }
+}
