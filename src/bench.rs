@@ -73,7 +73,32 @@ pub fn run(
     plan: &BenchPlan,
     mut report: impl FnMut(&BenchRow),
 ) -> Result<Vec<BenchRow>> {
-    let targets: Vec<Selected> = match plan.backend {
+    let targets = targets(plan)?;
+    let mut rows = Vec::new();
+    for target in targets {
+        let info = target.info().clone();
+        let sizes = match info.class {
+            DeviceClass::SoftwareGpu | DeviceClass::Cpu => vec![plan.small],
+            _ => plan.sizes.clone(),
+        };
+        let mut each = |row: BenchRow| {
+            report(&row);
+            rows.push(row);
+        };
+        match target {
+            Selected::Cuda(d, _) => bench_on::<Cuda>(&d, &info, model, plan, &sizes, &mut each)?,
+            Selected::Wgpu(d, _) => bench_on::<Wgpu>(&d, &info, model, plan, &sizes, &mut each)?,
+            Selected::Cpu(_) => {
+                bench_on::<NdArray>(&NdArrayDevice::Cpu, &info, model, plan, &sizes, &mut each)?
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The devices a plan times: the one asked for, or every GPU (else the CPU) for auto.
+fn targets(plan: &BenchPlan) -> Result<Vec<Selected>> {
+    Ok(match plan.backend {
         BackendChoice::Only(_) => vec![backend::select(plan.backend, plan.device)?.0],
         BackendChoice::Auto => {
             let mut all = Vec::new();
@@ -95,27 +120,7 @@ pub fn run(
             }
             all
         }
-    };
-    let mut rows = Vec::new();
-    for target in targets {
-        let info = target.info().clone();
-        let sizes = match info.class {
-            DeviceClass::SoftwareGpu | DeviceClass::Cpu => vec![plan.small],
-            _ => plan.sizes.clone(),
-        };
-        let mut each = |row: BenchRow| {
-            report(&row);
-            rows.push(row);
-        };
-        match target {
-            Selected::Cuda(d, _) => bench_on::<Cuda>(&d, &info, model, plan, &sizes, &mut each)?,
-            Selected::Wgpu(d, _) => bench_on::<Wgpu>(&d, &info, model, plan, &sizes, &mut each)?,
-            Selected::Cpu(_) => {
-                bench_on::<NdArray>(&NdArrayDevice::Cpu, &info, model, plan, &sizes, &mut each)?
-            }
-        }
-    }
-    Ok(rows)
+    })
 }
 
 fn bench_on<B: Backend>(
@@ -222,4 +227,122 @@ pub fn decode_speed(
         "software".to_string()
     };
     Ok((stats.frames, started.elapsed(), used))
+}
+
+/// Duplicate detection's cost per frame on one device and size: medians of each step.
+#[derive(Debug, Clone)]
+pub struct DedupRow {
+    pub backend: BackendKind,
+    pub device: String,
+    /// Where the features were computed (WGSL shaders or burn ops).
+    pub features: String,
+    pub width: usize,
+    pub height: usize,
+    /// Packing the decoded 8-bit planes on the host (the decoder does this while converting).
+    pub pack: Duration,
+    /// Upload, features on the device, read-back.
+    pub detect: Duration,
+    /// The decision against one kept frame (a duplicate: the whole frame is compared).
+    pub decide: Duration,
+}
+
+impl DedupRow {
+    pub fn total(&self) -> Duration {
+        self.pack + self.detect + self.decide
+    }
+}
+
+/// Times duplicate detection per frame at each of `plan.sizes` (the CPU and software Vulkan
+/// too: detection is cheap everywhere).
+pub fn dedup_cost(plan: &BenchPlan, mut report: impl FnMut(&DedupRow)) -> Result<Vec<DedupRow>> {
+    let mut rows = Vec::new();
+    for target in targets(plan)? {
+        let info = target.info().clone();
+        for &(w, h) in &plan.sizes {
+            let row = match &target {
+                Selected::Cuda(d, _) => dedup_on::<Cuda>(d, None, &info, w, h, plan.runs),
+                Selected::Wgpu(d, _) => {
+                    let setup = backend::wgpu_setup(d);
+                    dedup_on::<Wgpu>(d, setup.as_ref(), &info, w, h, plan.runs)
+                }
+                Selected::Cpu(_) => {
+                    dedup_on::<NdArray>(&NdArrayDevice::Cpu, None, &info, w, h, plan.runs)
+                }
+            };
+            report(&row);
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn dedup_on<B: Backend>(
+    device: &B::Device,
+    wgpu: Option<&burn::backend::wgpu::WgpuSetup>,
+    info: &DeviceInfo,
+    w: usize,
+    h: usize,
+    runs: usize,
+) -> DedupRow {
+    use crate::dedup::{features::Packed, Deduplicator, Detector, Level};
+    let mut detector = Detector::<B>::new(device, wgpu);
+    let thresholds = Level::Normal.thresholds().expect("normal has thresholds");
+    // A noisy picture and the same with one level of noise more: a duplicate. 8-bit planes, as
+    // the decoder has them before it packs them.
+    let mut state = 0x9e37_79b9u32;
+    let picture: Vec<u8> = (0..3 * w * h)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 250) as u8
+        })
+        .collect();
+    let held: Vec<u8> = picture
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v + u8::from(i % 7 == 0))
+        .collect();
+    let pack = |planes: &[u8]| {
+        let mut packed = Packed::new(w, h);
+        for (i, row) in planes.chunks_exact(w).enumerate() {
+            packed.set_row(i / h, i % h, row);
+        }
+        packed
+    };
+    let kept = detector.features(&pack(&picture));
+    let (mut pack_times, mut detect, mut decide) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs.max(1) + 3 {
+        let t0 = Instant::now();
+        let packed = pack(&held);
+        let t1 = Instant::now();
+        let features = detector.features(&packed);
+        let t2 = Instant::now();
+        let mut decider = Deduplicator::new(thresholds, 1);
+        decider.decide(0, kept.clone());
+        let t3 = Instant::now();
+        let decision = decider.decide(1, features);
+        let t4 = Instant::now();
+        assert_eq!(decision.source, 0, "the held picture is a duplicate");
+        if run >= 3 {
+            // The first runs compile kernels and allocate.
+            pack_times.push(t1 - t0);
+            detect.push(t2 - t1);
+            decide.push(t4 - t3);
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    DedupRow {
+        backend: info.backend,
+        device: info.name.clone(),
+        features: detector.name().to_string(),
+        width: w,
+        height: h,
+        pack: median(pack_times),
+        detect: median(detect),
+        decide: median(decide),
+    }
 }
