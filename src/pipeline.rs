@@ -11,7 +11,7 @@
 //! A phase that fails drops its channels; the others see them close and stop, and the first real
 //! error is returned. The output is renamed into place only after the save phase saw the end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -320,7 +320,6 @@ fn save_phase(
 ) -> Result<Option<Saved>> {
     let mut sources = Sources {
         keep: keep_sources && matches!(save, Save::Video(_)),
-        pictures: HashMap::new(),
     };
     let mut waiting: BTreeMap<u64, Frame> = BTreeMap::new();
     let mut next = 0;
@@ -362,47 +361,43 @@ fn save_phase(
     }
 }
 
-/// Upscaled pictures of kept frames that later duplicates may still use (video output; a frames
-/// folder links files instead).
+/// Whether kept frames must stay available to later duplicates (the video sink keeps their
+/// converted frames; a frames folder links files instead).
 struct Sources {
     keep: bool,
-    pictures: HashMap<u64, Picture>,
 }
 
 fn write(save: &mut Save, frame: Frame, sources: &mut Sources) -> Result<()> {
-    let missing = || Error::Device {
-        context: "video pipeline".into(),
-        reason: format!(
-            "frame {} uses frame {}, whose picture is gone",
-            frame.index, frame.source
-        ),
-    };
     match save {
         Save::Video(sink) => {
             for packet in frame.passthrough {
                 sink.copy_packet(packet)?;
             }
-            let picture = match frame.picture {
+            let found = match &frame.picture {
                 Some(picture) => {
-                    sink.write_frame(&picture, frame.pts, frame.duration)?;
-                    if sources.keep {
-                        sources.pictures.insert(frame.index, picture);
-                    }
-                    None
+                    let keep = sources.keep.then_some(frame.index);
+                    sink.write_frame(picture, frame.pts, frame.duration, keep)?;
+                    true
                 }
-                None => Some(sources.pictures.get(&frame.source).ok_or_else(missing)?),
+                None => sink.write_duplicate(frame.source, frame.pts, frame.duration)?,
             };
-            if let Some(picture) = picture {
-                sink.write_frame(picture, frame.pts, frame.duration)?;
+            if !found {
+                return Err(Error::Device {
+                    context: "video pipeline".into(),
+                    reason: format!(
+                        "frame {} uses frame {}, which is no longer kept",
+                        frame.index, frame.source
+                    ),
+                });
+            }
+            for index in &frame.released {
+                sink.release(*index);
             }
         }
         Save::Frames(dir) => match &frame.picture {
             Some(picture) => dir.write(frame.index, picture)?,
             None => dir.link(frame.index, frame.source)?,
         },
-    }
-    for index in &frame.released {
-        sources.pictures.remove(index);
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 
 use crate::backend::{BackendKind, DeviceInfo};
 use crate::cli::{Config, HwDecArg};
+use crate::dedup::features::Packed;
 use crate::dedup::{Deduplicator, Detector};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -149,14 +150,22 @@ pub fn run<B: Backend>(
     );
     let mut dedup_summary = None;
     let dedup = config.video.dedup.map(|thresholds| {
-        let sample_bytes = if save.takes_rgb8() { 4 } else { 12 };
+        // The sink keeps converted frames: at most 4:4:4, 16 bits deep for deep output.
+        let sample_bytes = if save.takes_rgb8() { 3 } else { 6 };
         let picture_bytes =
             (v.width * v.height) as usize * model.scale * model.scale * sample_bytes;
         let window = config.video.dedup_window.unwrap_or(match save {
             Save::Frames(_) => DEDUP_WINDOW,
             Save::Video(_) => (SOURCE_CACHE_BYTES / picture_bytes).clamp(1, DEDUP_WINDOW),
         });
-        let detector = Detector::<B>::new(device, wgpu.as_ref());
+        let mut detector = Detector::<B>::new(device, wgpu.as_ref());
+        // Kernels compile on first use: do it before the first frame waits for it.
+        let warming = Instant::now();
+        detector.features(&Packed::new(v.width as usize, v.height as usize));
+        log::debug!(
+            "duplicate detection ready in {:.2} s",
+            warming.elapsed().as_secs_f64()
+        );
         log::info!(
             "duplicate frames: a frame is one picture with a kept one when no 2x2 cell changed by more than {} levels, and at most {:.1}% of 8x8 blocks by more than {} on average; {window} kept frames compared, features by {}",
             thresholds.peak,

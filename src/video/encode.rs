@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use ffmpeg_next::codec::{self, threading};
 use ffmpeg_next::format::{context::Input, context::Output, Pixel};
+use ffmpeg_next::util::frame;
 use ffmpeg_next::{encoder, ffi, media, Codec, Dictionary, Packet, Rational};
 use tempfile::TempPath;
 
@@ -65,6 +66,8 @@ pub struct Sink {
     colour: Colour,
     info: VideoInfo,
     durations: HashMap<i64, i64>,
+    /// Converted frames of kept pictures, sent again for their duplicates (no second conversion).
+    kept: HashMap<u64, frame::Video>,
     temp: TempPath,
     target: PathBuf,
     pub encoder_name: String,
@@ -205,6 +208,7 @@ impl Sink {
             colour,
             info: info.clone(),
             durations: HashMap::new(),
+            kept: HashMap::new(),
             temp,
             target: target.to_path_buf(),
             encoder_name,
@@ -222,22 +226,60 @@ impl Sink {
         colour::bit_depth(self.format) > 8
     }
 
-    pub fn write_frame(&mut self, picture: &Picture, pts: i64, duration: i64) -> Result<()> {
+    /// Encodes a picture; with `keep`, its converted frame is kept under that index for
+    /// `write_duplicate` until `release`.
+    pub fn write_frame(
+        &mut self,
+        picture: &Picture,
+        pts: i64,
+        duration: i64,
+        keep: Option<u64>,
+    ) -> Result<()> {
         let started = Instant::now();
         let mut frame = self
             .to_yuv
             .convert(picture, self.format, self.colour)
             .map_err(|e| encode_error(&self.target, e))?;
+        self.send(&mut frame, pts, duration)?;
+        if let Some(index) = keep {
+            self.kept.insert(index, frame);
+        }
+        self.busy += started.elapsed();
+        Ok(())
+    }
+
+    /// Encodes the kept frame of `source` again at this time. False when it is not kept.
+    pub fn write_duplicate(&mut self, source: u64, pts: i64, duration: i64) -> Result<bool> {
+        let started = Instant::now();
+        let Some(kept) = self.kept.get(&source) else {
+            return Ok(false);
+        };
+        let mut frame = frame::Video::empty();
+        // SAFETY: both are valid frames; the new one only references the kept frame's buffers,
+        // which are never written again (the encoder reads them).
+        let status = unsafe { ffi::av_frame_ref(frame.as_mut_ptr(), kept.as_ptr()) };
+        if status < 0 {
+            return Err(encode_error(&self.target, ffmpeg_next::Error::from(status)));
+        }
+        self.send(&mut frame, pts, duration)?;
+        self.busy += started.elapsed();
+        Ok(true)
+    }
+
+    /// The kept frame of `index` is not needed any more.
+    pub fn release(&mut self, index: u64) {
+        self.kept.remove(&index);
+    }
+
+    fn send(&mut self, frame: &mut frame::Video, pts: i64, duration: i64) -> Result<()> {
         frame.set_pts(Some(pts));
         frame.set_color_primaries(self.info.primaries);
         frame.set_color_transfer_characteristic(self.info.transfer);
         self.durations.insert(pts, duration);
         self.encoder
-            .send_frame(&frame)
+            .send_frame(frame)
             .map_err(|e| encode_error(&self.target, e))?;
-        self.drain()?;
-        self.busy += started.elapsed();
-        Ok(())
+        self.drain()
     }
 
     pub fn copy_packet(&mut self, mut packet: Packet) -> Result<()> {
