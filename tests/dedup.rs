@@ -471,3 +471,11 @@ fn a_video_keeps_every_frame_and_timestamp_and_dedup_off_upscales_each() {
         );
     }
 }
+
+#[test]
+fn thresholds_out_of_range_are_refused_with_one_line() {
+    let out = upframe(&["in.mkv", "-o", "out.mkv", "--dedup-fraction", "2"]);
+    common::expect_failure(&out, 2, "--dedup-fraction");
+    let out = upframe(&["in.mkv", "-o", "out.mkv", "--dedup-peak", "300"]);
+    common::expect_failure(&out, 2, "--dedup-peak");
+}
