@@ -88,11 +88,15 @@ impl WgslFeatures {
         let cells_size = (3 * ch * wq * 4) as u64;
         encoder.copy_buffer_to_buffer(&b.cells, 0, &b.staging, 0, cells_size);
         encoder.copy_buffer_to_buffer(&b.chunks, 0, &b.staging, cells_size, 16);
-        self.queue.submit([encoder.finish()]);
+        let submitted = self.queue.submit([encoder.finish()]);
         let slice = b.staging.slice(..);
         slice.map_async(wgpu::MapMode::Read, |_| {});
+        // Wait for this submission only, not for model work queued after it by other threads.
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submitted),
+                timeout: None,
+            })
             .expect("waiting for the dedup shaders");
         let words: Vec<u32> = bytemuck::cast_slice(&slice.get_mapped_range()).to_vec();
         b.staging.unmap();
