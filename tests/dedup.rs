@@ -16,7 +16,7 @@ use upframe::dedup::features::{self, Packed};
 use upframe::dedup::{burn_path, wgsl::WgslFeatures};
 use upframe::upscale::Planar;
 
-use common::{p, stderr, upframe};
+use common::{frame_times, p, run_ok, stderr, upframe, Clip};
 
 const WIDTH: u32 = 256;
 const HEIGHT: u32 = 176;
@@ -184,25 +184,6 @@ fn encode(animation: &Animation, path: &Path) {
     assert!(child.wait().expect("ffmpeg").success());
 }
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir").keep();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn report(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).expect("report")).expect("report JSON")
 }
@@ -230,15 +211,9 @@ fn score(ids: &[u32], sources: &[u64]) -> (Vec<(usize, u64)>, f64) {
     (false_merges, found as f64 / repeats.len() as f64)
 }
 
-fn run_ok(args: &[&str]) -> String {
-    let out = upframe(args);
-    assert!(out.status.success(), "upframe {args:?}: {}", stderr(&out));
-    stderr(&out)
-}
-
 #[test]
 fn held_drawings_are_found_and_nothing_else_is_merged_on_cpu_and_wgpu() {
-    let dir = Dir::new();
+    let dir = Clip::new();
     let clip = dir.path("animation.mkv");
     let a = animation();
     encode(&a, &clip);
@@ -249,7 +224,7 @@ fn held_drawings_are_found_and_nothing_else_is_merged_on_cpu_and_wgpu() {
             dir.path(&format!("{backend}.mkv")),
             dir.path(&format!("{backend}.json")),
         );
-        let log = run_ok(&[
+        let log = stderr(&run_ok(&[
             p(&clip),
             "-o",
             p(&out),
@@ -261,7 +236,7 @@ fn held_drawings_are_found_and_nothing_else_is_merged_on_cpu_and_wgpu() {
             backend,
             "--report",
             p(&json),
-        ]);
+        ]));
         let report = report(&json);
         let sources = sources(&report);
         let (false_merges, recall) = score(&ids, &sources);
@@ -357,7 +332,7 @@ fn wgsl_shaders_burn_ops_and_the_definition_give_identical_features() {
 }
 
 /// The first 24 frames: the moving object on twos.
-fn short_clip(dir: &Dir) -> (PathBuf, Vec<u32>) {
+fn short_clip(dir: &Clip) -> (PathBuf, Vec<u32>) {
     let mut a = animation();
     a.frames.truncate(24);
     let clip = dir.path("short.mkv");
@@ -368,7 +343,7 @@ fn short_clip(dir: &Dir) -> (PathBuf, Vec<u32>) {
 #[test]
 fn duplicates_in_a_frames_folder_are_links_to_their_source() {
     use std::os::unix::fs::MetadataExt;
-    let dir = Dir::new();
+    let dir = Clip::new();
     let (clip, ids) = short_clip(&dir);
     let (frames, json) = (dir.path("frames"), dir.path("frames.json"));
     run_ok(&[
@@ -414,31 +389,9 @@ fn duplicates_in_a_frames_folder_are_links_to_their_source() {
 
 #[test]
 fn a_video_keeps_every_frame_and_timestamp_and_dedup_off_upscales_each() {
-    let dir = Dir::new();
+    let dir = Clip::new();
     let (clip, _) = short_clip(&dir);
-    let times = |path: &Path| {
-        let out = Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "frame=pts_time",
-            ])
-            .args(["-of", "csv=p=0"])
-            .arg(path)
-            .output()
-            .expect("ffprobe");
-        // Side data (x264's SEI on the first frame) adds fields and lines that are not a time.
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(',').next())
-            .filter(|t| t.parse::<f64>().is_ok())
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    let expected = times(&clip);
+    let expected = frame_times(&clip);
     assert_eq!(expected.len(), 24);
     for (name, level, unique) in [("on.mp4", "normal", 12), ("off.mp4", "off", 24)] {
         let (out, json) = (dir.path(name), dir.path(&format!("{name}.json")));
@@ -458,7 +411,7 @@ fn a_video_keeps_every_frame_and_timestamp_and_dedup_off_upscales_each() {
             p(&json),
         ]);
         assert_eq!(
-            times(&out),
+            frame_times(&out),
             expected,
             "--dedup {level}: every frame at its own time"
         );

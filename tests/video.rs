@@ -6,14 +6,14 @@
 //! Most tests use `--model bicubic` on the CPU to stay fast; one runs the real model on cpu and
 //! wgpu on a tiny clip.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
-use common::{expect_failure, p, stderr, upframe};
+use common::{expect_failure, frame_times, p, run_ok, stderr, upframe, Clip};
 
 fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg")
@@ -64,25 +64,6 @@ fn stream_list(path: &Path) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// Presentation times of the first video stream's frames, in seconds as ffprobe prints them.
-fn frame_times(path: &Path) -> Vec<f64> {
-    ffprobe(
-        &[
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "frame=pts_time",
-            "-of",
-            "csv=p=0",
-        ],
-        path,
-    )
-    .lines()
-    .filter(|l| !l.trim().is_empty())
-    .map(|l| l.trim().trim_end_matches(',').parse::<f64>().unwrap())
-    .collect()
 }
 
 /// Per-packet hashes and timestamps of one stream, copied out as is: equal lists mean
@@ -139,31 +120,6 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".upframe-") || n.starts_with(".tmp"))
         .collect()
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = upframe(args);
-    assert!(
-        out.status.success(),
-        "upframe {args:?} failed: {}",
-        stderr(&out)
-    );
-    out
-}
-
-struct Clip {
-    dir: tempfile::TempDir,
-}
-
-impl Clip {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
 }
 
 #[test]

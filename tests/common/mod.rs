@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn upframe(args: &[&str]) -> Output {
@@ -33,4 +33,52 @@ pub fn expect_failure(out: &Output, code: i32, needle: &str) {
     let lines = error_lines(out);
     assert_eq!(lines.len(), 1, "one error line expected: {lines:?}");
     assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
+}
+
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = upframe(args);
+    assert!(
+        out.status.success(),
+        "upframe {args:?} failed: {}",
+        stderr(&out)
+    );
+    out
+}
+
+/// A temporary folder for a test's clips and outputs, removed at the end.
+pub struct Clip {
+    pub dir: tempfile::TempDir,
+}
+
+impl Clip {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Presentation times of the first video stream's frames, in seconds as ffprobe prints them.
+/// Side data (x264's SEI on the first frame) adds fields and lines that are not a time.
+pub fn frame_times(path: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=pts_time",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe (scripts/install-deps.sh installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(',').next()?.trim().parse::<f64>().ok())
+        .collect()
 }
