@@ -301,3 +301,18 @@ pub fn wgpu_setup(device: &WgpuDevice) -> Option<burn::backend::wgpu::WgpuSetup>
     setups.push((device.clone(), made.clone()));
     made
 }
+
+/// Bytes the CubeCL runtime behind a cuda or wgpu device holds (burn and our kernels share it);
+/// None for the CPU.
+pub fn memory_reserved<D: std::any::Any>(device: &D) -> Option<u64> {
+    use cubecl::Runtime;
+    let device: &dyn std::any::Any = device;
+    let usage = if let Some(d) = device.downcast_ref::<CudaDevice>() {
+        cubecl::cuda::CudaRuntime::client(d).memory_usage()
+    } else if let Some(d) = device.downcast_ref::<WgpuDevice>() {
+        cubecl::wgpu::WgpuRuntime::client(d).memory_usage()
+    } else {
+        return None;
+    };
+    usage.ok().map(|m| m.bytes_reserved)
+}

@@ -12,6 +12,7 @@ use burn::tensor::{Distribution, Tensor};
 use crate::backend::{self, BackendChoice, BackendKind, DeviceClass, DeviceInfo, Selected};
 use crate::cli::PrecisionArg;
 use crate::error::Result;
+use crate::kernels::{self, Kernels};
 use crate::model::forward::{Network, Precision};
 use crate::model::Model;
 
@@ -20,6 +21,10 @@ pub struct BenchRow {
     pub backend: BackendKind,
     pub device: String,
     pub precision: Precision,
+    /// Which kernels ran the network (see `--kernels`).
+    pub kernels: String,
+    /// Device memory the runtime held after the runs, where the runtime tells.
+    pub memory: Option<u64>,
     pub width: usize,
     pub height: usize,
     pub median: Duration,
@@ -46,6 +51,8 @@ pub struct BenchPlan {
     pub sizes: Vec<(usize, usize)>,
     pub small: (usize, usize),
     pub runs: usize,
+    /// `Auto` times our kernels (where they apply) and burn's generic operations.
+    pub kernels: Kernels,
 }
 
 /// Multiply-adds × 2 of the graph's convolutions per input pixel.
@@ -131,59 +138,78 @@ fn bench_on<B: Backend>(
     sizes: &[(usize, usize)],
     each: &mut dyn FnMut(BenchRow),
 ) -> Result<()> {
+    let resolve =
+        |asked| crate::resolve_precision_for::<B>(asked, info, device, model, plan.kernels);
     let precisions = match plan.precision {
         PrecisionArg::Auto => {
-            let mut p = vec![crate::resolve_precision::<B>(
-                PrecisionArg::Auto,
-                info,
-                device,
-            )?];
+            let mut p = vec![resolve(PrecisionArg::Auto)?];
             if p[0] != Precision::F32 {
                 p.push(Precision::F32);
             }
             p
         }
-        asked => vec![crate::resolve_precision::<B>(asked, info, device)?],
+        asked => vec![resolve(asked)?],
     };
     for precision in precisions {
+        // burn's operations are not timed in a precision they compute wrongly (fp16 on cuda).
+        let asked = match precision {
+            Precision::F16 => PrecisionArg::Fp16,
+            Precision::F32 => PrecisionArg::Fp32,
+        };
+        let generic_ok = crate::resolve_precision::<B>(asked, info, device).is_ok();
+        let fused = match plan.kernels {
+            Kernels::Auto => kernels::fused_for(&model.graph, precision, device),
+            Kernels::Generic => None,
+        };
         let net = Network::<B>::new(model.graph.clone(), precision, device);
         for &(w, h) in sizes {
-            let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                time_forward(&net, w, h, plan.runs)
-            }));
-            let (median, min) = match timed {
-                Ok(t) => t,
-                Err(payload) => {
-                    // One size failing (device memory, binding limits) must not hide the others.
-                    log::warn!(
-                        "{w}x{h} on {} in {precision} failed: {}",
-                        info.name,
-                        crate::panic_message(&payload)
-                    );
-                    continue;
-                }
-            };
-            each(BenchRow {
-                backend: info.backend,
-                device: info.name.clone(),
-                precision,
-                width: w,
-                height: h,
-                median,
-                min,
-                runs: plan.runs,
-            });
+            let mut cases: Vec<(String, Box<dyn Fn() -> Vec<Duration> + '_>)> = Vec::new();
+            if let Some(fused) = &fused {
+                cases.push((
+                    fused.describe(),
+                    Box::new(|| fused.time_forward(w, h, plan.runs)),
+                ));
+            }
+            if generic_ok {
+                cases.push((
+                    "burn's generic operations".into(),
+                    Box::new(|| time_forward(&net, w, h, plan.runs)),
+                ));
+            }
+            for (kernels, time) in cases {
+                let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&time));
+                let mut times = match timed {
+                    Ok(t) => t,
+                    Err(payload) => {
+                        // One case failing (device memory, binding limits) must not hide the others.
+                        log::warn!(
+                            "{w}x{h} on {} in {precision} with {kernels} failed: {}",
+                            info.name,
+                            crate::panic_message(&payload)
+                        );
+                        continue;
+                    }
+                };
+                times.sort();
+                each(BenchRow {
+                    backend: info.backend,
+                    device: info.name.clone(),
+                    precision,
+                    kernels,
+                    memory: backend::memory_reserved(device),
+                    width: w,
+                    height: h,
+                    median: times[times.len() / 2],
+                    min: times[0],
+                    runs: plan.runs,
+                });
+            }
         }
     }
     Ok(())
 }
 
-fn time_forward<B: Backend>(
-    net: &Network<B>,
-    w: usize,
-    h: usize,
-    runs: usize,
-) -> (Duration, Duration) {
+fn time_forward<B: Backend>(net: &Network<B>, w: usize, h: usize, runs: usize) -> Vec<Duration> {
     let device = net.device();
     let input = Tensor::<B, 4>::random([1, 3, h, w], Distribution::Uniform(0.0, 1.0), device);
     let sync = || B::sync(device).expect("device sync");
@@ -193,7 +219,7 @@ fn time_forward<B: Backend>(
         sync();
         drop(out);
     }
-    let mut times: Vec<Duration> = (0..runs.max(1))
+    (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
             // Held until after the sync, so a lazy backend cannot skip the work.
@@ -203,9 +229,7 @@ fn time_forward<B: Backend>(
             drop(out);
             elapsed
         })
-        .collect();
-    times.sort();
-    (times[times.len() / 2], times[0])
+        .collect()
 }
 
 /// The decode phase alone (demux, decode, conversion to planar RGB) over a whole file: frames

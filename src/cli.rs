@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::backend::{BackendChoice, BackendKind};
 use crate::dedup::{Level as DedupLevel, Thresholds};
 use crate::error::{Error, Result};
+use crate::kernels::Kernels;
 use crate::model::DEFAULT_MODEL;
 use crate::upscale::TileSize;
 use crate::video::encode::{EncodeSettings, VideoCodec};
@@ -73,6 +74,11 @@ pub struct Cli {
     /// Arithmetic precision: auto is fp16 on GPUs that support it, fp32 elsewhere
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto, help_heading = "Device")]
     pub precision: PrecisionArg,
+
+    /// Which kernels run the model: auto takes upframe's fused kernels for SRVGG models
+    /// (realesr-animevideov3, realesr-general) on cuda and wgpu; generic forces burn's operations
+    #[arg(long, value_enum, default_value_t = Kernels::Auto, help_heading = "Device")]
+    pub kernels: Kernels,
 
     /// Tile side in input pixels for large images; 0 picks it from device memory.
     /// Tiles overlap by the model's receptive field, so they leave no seams
@@ -190,6 +196,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "160x120", value_parser = parse_size)]
     pub small: (usize, usize),
 
+    /// Kernels to time: auto times upframe's fused kernels (where the model and device allow)
+    /// and burn's generic operations; generic only the latter
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    pub kernels: Kernels,
+
     /// Timed runs per case (the median is reported)
     #[arg(short = 'n', long, default_value_t = 20)]
     pub runs: usize,
@@ -263,6 +274,7 @@ pub struct Config {
     pub backend: BackendChoice,
     pub device: Option<usize>,
     pub precision: PrecisionArg,
+    pub kernels: Kernels,
     pub tile: TileSize,
     pub format: Option<String>,
     pub jpeg_quality: u8,
@@ -317,6 +329,7 @@ impl Cli {
             backend: self.backend.choice(),
             device: self.device,
             precision: self.precision,
+            kernels: self.kernels,
             tile: if self.tile == 0 {
                 TileSize::Auto
             } else {

@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod error;
 pub mod frame;
 pub mod images;
+pub mod kernels;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
@@ -28,6 +29,7 @@ use burn::tensor::backend::Backend;
 use backend::{BackendKind, DeviceInfo, Selected};
 use cli::{Config, PrecisionArg};
 use error::{Error, Result};
+use kernels::Kernels;
 use model::forward::{supports_f16, Precision};
 use model::Model;
 use upscale::{MemoryBudget, Upscaler};
@@ -138,6 +140,29 @@ pub fn resolve_precision<B: Backend>(
     }
 }
 
+/// As `resolve_precision`, for `model` run with `kernels`: our fused kernels compute fp16
+/// correctly on CUDA, so there fp16 is allowed, and the default, where they run the model.
+pub fn resolve_precision_for<B: Backend>(
+    asked: PrecisionArg,
+    info: &DeviceInfo,
+    device: &B::Device,
+    model: &Model,
+    kernels: Kernels,
+) -> Result<Precision> {
+    let fused_on_cuda = info.backend == BackendKind::Cuda
+        && kernels == Kernels::Auto
+        && kernels::srvgg::recognise(&model.graph).is_some()
+        && supports_f16::<B>(device);
+    if fused_on_cuda {
+        Ok(match asked {
+            PrecisionArg::Fp32 => Precision::F32,
+            PrecisionArg::Auto | PrecisionArg::Fp16 => Precision::F16,
+        })
+    } else {
+        resolve_precision::<B>(asked, info, device)
+    }
+}
+
 pub fn memory_budget(info: &DeviceInfo) -> MemoryBudget {
     const GIB: u64 = 1 << 30;
     let bytes = match info.backend {
@@ -161,9 +186,16 @@ fn run_on<B: Backend>(
     jobs: &[images::Job],
 ) -> Result<Summary> {
     let start = Instant::now();
-    let precision = resolve_precision::<B>(config.precision, info, device)?;
-    let mut upscaler =
-        Upscaler::<B>::new(model, precision, device, config.tile, memory_budget(info));
+    let precision =
+        resolve_precision_for::<B>(config.precision, info, device, model, config.kernels)?;
+    let mut upscaler = Upscaler::<B>::new(
+        model,
+        precision,
+        device,
+        config.tile,
+        memory_budget(info),
+        config.kernels,
+    );
     log::info!(
         "model {} x{} in {precision}, tiles up to {} px",
         model.name,

@@ -131,6 +131,7 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         sizes: args.sizes,
         small: args.small,
         runs: args.runs,
+        kernels: args.kernels,
     };
     if args.dedup {
         return bench_dedup(&plan);
@@ -145,25 +146,28 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         plan.runs
     );
     println!(
-        "{:<6} {:<5} {:>10} {:>9} {:>9} {:>8}  device",
-        "backend", "prec", "input", "ms", "fps", "TFLOP/s"
+        "{:<6} {:<5} {:>10} {:>9} {:>9} {:>8} {:>8}  kernels, device",
+        "backend", "prec", "input", "ms", "fps", "TFLOP/s", "VRAM MiB"
     );
     let mut json = Vec::new();
     upframe::bench::run(&model, &plan, |r| {
         println!(
-            "{:<7} {:<5} {:>10} {:>9.2} {:>9.1} {:>8.3}  {}",
+            "{:<7} {:<5} {:>10} {:>9.2} {:>9.1} {:>8.3} {:>8}  {}, {}",
             r.backend.to_string(),
             r.precision.to_string(),
             format!("{}x{}", r.width, r.height),
             r.median.as_secs_f64() * 1e3,
             r.fps(),
             r.tflops(flop),
+            r.memory.map_or("-".into(), |b| (b >> 20).to_string()),
+            r.kernels,
             r.device
         );
         json.push(serde_json::json!({
             "backend": r.backend.to_string(), "device": r.device, "precision": r.precision.to_string(),
             "width": r.width, "height": r.height, "median_ms": r.median.as_secs_f64() * 1e3,
             "min_ms": r.min.as_secs_f64() * 1e3, "fps": r.fps(), "tflops": r.tflops(flop), "runs": r.runs,
+            "kernels": r.kernels, "memory_reserved": r.memory,
         }));
     })?;
     if let Some(path) = args.json {

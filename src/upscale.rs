@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::kernels::{self, Fused, FusedOutput, Kernels};
 use crate::model::forward::{Network, Precision};
 use crate::model::Model;
 
@@ -83,16 +84,31 @@ impl Rgb8 {
 
 /// What a tile's output is read back as, and how tiles are put together.
 pub trait TileOutput: Sized {
+    /// Whether our kernels should quantise and pack the result.
+    const PACKED: bool;
     fn blank(width: usize, height: usize) -> Self;
     fn read<B: Backend>(output: Tensor<B, 4>) -> Result<Self, String>;
+    fn from_fused(output: FusedOutput, width: usize, height: usize) -> Result<Self, String>;
     #[allow(clippy::too_many_arguments)]
     fn paste(&mut self, src: &Self, sx: usize, sy: usize, w: usize, h: usize, dx: usize, dy: usize);
     fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> Self;
 }
 
 impl TileOutput for Planar {
+    const PACKED: bool = false;
     fn blank(width: usize, height: usize) -> Self {
         Planar::new(3, width, height)
+    }
+    fn from_fused(output: FusedOutput, width: usize, height: usize) -> Result<Self, String> {
+        match output {
+            FusedOutput::Planes(data) => Ok(Planar {
+                channels: 3,
+                width,
+                height,
+                data,
+            }),
+            FusedOutput::Rgb8(_) => Err("the kernels returned packed pixels for planes".into()),
+        }
     }
     fn read<B: Backend>(output: Tensor<B, 4>) -> Result<Self, String> {
         let [_, c, h, w] = output.dims();
@@ -125,6 +141,17 @@ impl TileOutput for Planar {
 }
 
 impl TileOutput for Rgb8 {
+    const PACKED: bool = true;
+    fn from_fused(output: FusedOutput, width: usize, height: usize) -> Result<Self, String> {
+        match output {
+            FusedOutput::Rgb8(data) => Ok(Rgb8 {
+                width,
+                height,
+                data,
+            }),
+            FusedOutput::Planes(_) => Err("the kernels returned planes for packed pixels".into()),
+        }
+    }
     fn blank(width: usize, height: usize) -> Self {
         Rgb8 {
             width,
@@ -196,6 +223,8 @@ pub const EDGE_PAD: usize = 10;
 
 pub struct Upscaler<B: Backend> {
     net: Network<B>,
+    /// Our kernels, when the model and device allow them; `net` runs otherwise.
+    fused: Option<Box<dyn Fused>>,
     scale: usize,
     overlap: usize,
     edge_pad: usize,
@@ -226,13 +255,19 @@ impl<B: Backend> Upscaler<B> {
         device: &B::Device,
         tile: TileSize,
         budget: MemoryBudget,
+        kernels: Kernels,
     ) -> Self {
         let tile = match tile {
             TileSize::Fixed(0) | TileSize::Auto => auto_tile(model, precision, budget),
             TileSize::Fixed(n) => n.max(MIN_TILE),
         };
+        let fused = match kernels {
+            Kernels::Auto => kernels::fused_for(&model.graph, precision, device),
+            Kernels::Generic => None,
+        };
         Self {
             net: Network::new(model.graph.clone(), precision, device),
+            fused,
             scale: model.scale,
             overlap: model.graph.receptive_radius(),
             edge_pad: if model.is_resize { 0 } else { EDGE_PAD },
@@ -248,6 +283,14 @@ impl<B: Backend> Upscaler<B> {
 
     pub fn precision(&self) -> Precision {
         self.net.precision()
+    }
+
+    /// What runs the network, for logs, reports and benchmarks.
+    pub fn kernels(&self) -> String {
+        match &self.fused {
+            Some(fused) => fused.describe(),
+            None => "burn's generic operations".into(),
+        }
     }
 
     /// Upscales a 3-channel image. On a device out-of-memory the tile size halves and the whole
@@ -354,6 +397,14 @@ impl<B: Backend> Upscaler<B> {
         let net = &self.net;
         let profile = &mut self.profile;
         let attempt = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(fused) = &self.fused {
+                let t0 = std::time::Instant::now();
+                let s = self.scale;
+                let keep = keep.unwrap_or((0, 0, region.width * s, region.height * s));
+                let out = fused.run(&region.data, region.width, region.height, keep, O::PACKED);
+                profile.readback_s += t0.elapsed().as_secs_f64();
+                return O::from_fused(out?, keep.2, keep.3);
+            }
             let t0 = std::time::Instant::now();
             let shape = [1, region.channels, region.height, region.width];
             let input = Tensor::<B, 4>::from_data(

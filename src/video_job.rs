@@ -19,7 +19,7 @@ use crate::video::colour;
 use crate::video::decode::{self, HwDecode};
 use crate::video::encode::{self, Sink};
 use crate::video::frames_dir::FramesDir;
-use crate::{memory_budget, report, resolve_precision, DedupSummary, Summary, VideoSummary};
+use crate::{memory_budget, report, resolve_precision_for, DedupSummary, Summary, VideoSummary};
 
 /// Upscale threads on a GPU backend.
 const UPSCALE_THREADS: usize = 2;
@@ -74,7 +74,8 @@ pub fn run<B: Backend>(
     model: &Model,
 ) -> Result<Summary> {
     let start = Instant::now();
-    let precision = resolve_precision::<B>(config.precision, info, device)?;
+    let precision =
+        resolve_precision_for::<B>(config.precision, info, device, model, config.kernels)?;
     let hwdec = match (config.video.hwdec, info.backend) {
         (HwDecArg::Auto | HwDecArg::Cuda, BackendKind::Cuda) => {
             HwDecode::Cuda { device: info.index }
@@ -140,7 +141,16 @@ pub fn run<B: Backend>(
         UPSCALE_THREADS
     };
     let mut upscalers: Vec<Upscaler<B>> = (0..workers)
-        .map(|_| Upscaler::<B>::new(model, precision, device, config.tile, memory_budget(info)))
+        .map(|_| {
+            Upscaler::<B>::new(
+                model,
+                precision,
+                device,
+                config.tile,
+                memory_budget(info),
+                config.kernels,
+            )
+        })
         .collect();
     log::info!(
         "model {} x{} in {precision}, tiles up to {} px, {workers} upscale thread(s)",

@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 
 use upframe::backend::{self, BackendChoice, BackendKind, DeviceInfo, Selected};
 use upframe::cli::PrecisionArg;
+use upframe::kernels::Kernels;
 use upframe::model::forward::Precision;
 use upframe::model::{self, Model};
 use upframe::upscale::{MemoryBudget, Planar, TileSize, Upscaler, EDGE_PAD};
@@ -43,7 +44,7 @@ fn upscale<B: Backend>(
     tile: TileSize,
     image: &Planar,
 ) -> Planar {
-    let mut up = Upscaler::<B>::new(model, precision, device, tile, BUDGET);
+    let mut up = Upscaler::<B>::new(model, precision, device, tile, BUDGET, Kernels::Generic);
     up.upscale(image, &|| false).expect("upscale")
 }
 
@@ -248,8 +249,14 @@ fn tiles_leave_no_seams_on_a_real_photo() {
     let image = photo();
     let dev = NdArrayDevice::Cpu;
     let whole = upscale::<NdArray>(&dev, &model, Precision::F32, TileSize::Fixed(4096), &image);
-    let mut tiled =
-        Upscaler::<NdArray>::new(&model, Precision::F32, &dev, TileSize::Fixed(32), BUDGET);
+    let mut tiled = Upscaler::<NdArray>::new(
+        &model,
+        Precision::F32,
+        &dev,
+        TileSize::Fixed(32),
+        BUDGET,
+        Kernels::Generic,
+    );
     let out = tiled.upscale(&image, &|| false).unwrap();
     // 96x64 plus the mirrored edge on each side, in 32-pixel tiles.
     let (pw, ph) = (96 + 2 * EDGE_PAD, 64 + 2 * EDGE_PAD);
@@ -414,6 +421,7 @@ fn rgb8_readback_equals_host_quantised_output() {
             device,
             TileSize::Auto,
             budget,
+            Kernels::Generic,
         );
         let planar = up.upscale(&input, &|| false).unwrap();
         let packed = up.upscale_rgb8(&input, &|| false).unwrap();
@@ -433,4 +441,111 @@ fn rgb8_readback_equals_host_quantised_output() {
     if let Some(Selected::Cuda(device, _)) = selected(BackendKind::Cuda) {
         check::<Cuda>(&device, "cuda");
     }
+}
+
+/// The model through our fused kernels (`Kernels::Auto`) on `B`, with what ran it.
+fn upscale_fused<B: Backend>(
+    device: &B::Device,
+    precision: Precision,
+    tile: TileSize,
+    image: &Planar,
+) -> (Planar, upframe::upscale::Rgb8, String) {
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let mut up = Upscaler::<B>::new(&model, precision, device, tile, BUDGET, Kernels::Auto);
+    let planar = up.upscale(image, &|| false).expect("fused upscale");
+    let packed = up
+        .upscale_rgb8(image, &|| false)
+        .expect("fused upscale to rgb8");
+    (planar, packed, up.kernels())
+}
+
+/// Our kernels against the CPU's fp32 reference on odd sizes (partial tiles of every kernel), whole
+/// and in tiles, and their packed 8-bit output against their own planes quantised on the host.
+fn assert_fused_matches_cpu<B: Backend>(
+    device: &B::Device,
+    precision: Precision,
+    limits: (f32, f32),
+) -> String {
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let mut kernels = String::new();
+    for (w, h, tile) in [(37, 29, TileSize::Auto), (64, 48, TileSize::Fixed(24))] {
+        let image = crop(&photo(), w, h);
+        let cpu = upscale::<NdArray>(
+            &NdArrayDevice::Cpu,
+            &model,
+            Precision::F32,
+            TileSize::Auto,
+            &image,
+        );
+        let (fused, packed, name) = upscale_fused::<B>(device, precision, tile, &image);
+        let (max, mean) = diff(&cpu, &fused);
+        eprintln!(
+            "cpu fp32 vs {name} {precision} at {w}x{h}: max {max:.4}, mean {mean:.5} (8-bit steps)"
+        );
+        assert!(name.contains("fused"), "our kernels did not run: {name}");
+        assert!(
+            max < limits.0 && mean < limits.1,
+            "{w}x{h}: max {max}, mean {mean}"
+        );
+        let (ow, oh) = (fused.width, fused.height);
+        assert_eq!((packed.width, packed.height), (ow, oh));
+        let mut off = 0;
+        for y in 0..oh {
+            for x in 0..ow {
+                let q = |c: usize| (fused.data[(c * oh + y) * ow + x] * 255.0).round() as i32;
+                let p = packed.rgb(x, y);
+                // Ties (exactly .5 of a step) may round either way.
+                for c in 0..3 {
+                    assert!((p[c] as i32 - q(c)).abs() <= 1, "({x}, {y}) channel {c}");
+                    off += usize::from(p[c] as i32 != q(c));
+                }
+            }
+        }
+        assert!(
+            off * 1000 < ow * oh * 3,
+            "{off} packed values differ from the planes"
+        );
+        kernels = name;
+    }
+    kernels
+}
+
+#[test]
+fn fused_kernels_match_cpu_on_wgpu() {
+    let Some((device, info)) = wgpu() else { return };
+    eprintln!("wgpu device: {}", info.name);
+    // Same arithmetic as burn's in fp32, different order: far under one 8-bit step.
+    assert_fused_matches_cpu::<Wgpu>(&device, Precision::F32, (0.05, 0.005));
+    let precision = upframe::resolve_precision::<Wgpu>(PrecisionArg::Auto, &info, &device).unwrap();
+    if precision == Precision::F16 {
+        // Storage in fp16, sums in fp32: the bound the generic fp16 path meets.
+        assert_fused_matches_cpu::<Wgpu>(&device, Precision::F16, (4.0, 0.5));
+    } else {
+        eprintln!("fp16 skipped: {} does not store fp16", info.name);
+    }
+}
+
+/// On an NVIDIA GPU this fails rather than skips: tensor cores must run and match the CPU.
+#[test]
+fn fused_kernels_match_cpu_on_cuda() {
+    let Some(Selected::Cuda(device, info)) = selected(BackendKind::Cuda) else {
+        return;
+    };
+    eprintln!("cuda device: {}", info.name);
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    assert_eq!(
+        upframe::resolve_precision_for::<Cuda>(
+            PrecisionArg::Auto,
+            &info,
+            &device,
+            &model,
+            Kernels::Auto
+        )
+        .unwrap(),
+        Precision::F16,
+        "fp16 is the default where our kernels run"
+    );
+    let kernels = assert_fused_matches_cpu::<Cuda>(&device, Precision::F16, (4.0, 0.5));
+    assert!(kernels.contains("tensor cores"), "{kernels}");
+    assert_fused_matches_cpu::<Cuda>(&device, Precision::F32, (0.05, 0.005));
 }
