@@ -14,9 +14,11 @@
 use cubecl::prelude::*;
 use half::f16;
 
-/// Pixels per cube row and rows per cube of `conv3x3_tiles`.
+/// Pixels per row of a `conv3x3_tiles` cube, and its planes (32 units each).
 pub const TILE_X: u32 = 32;
-pub const TILE_Y: u32 = 4;
+pub const PLANES: u32 = 4;
+/// Output channels per unit of `head`; the first layer's outputs must be a multiple of it.
+pub const HEAD_GROUP: usize = 16;
 
 #[cube]
 fn prelu_if(value: f32, slope: f32, #[comptime] prelu: bool) -> f32 {
@@ -31,7 +33,8 @@ fn prelu_if(value: f32, slope: f32, #[comptime] prelu: bool) -> f32 {
     }
 }
 
-/// One unit per (pixel, output channel): the first layer has only three input channels.
+/// One unit per (pixel, 16 output channels): the first layer has only three input channels, so
+/// each unit reads its 27 inputs once and reuses them for all its outputs.
 #[cube(launch_unchecked)]
 pub fn head<F: Float>(
     input: &Array<f32>,
@@ -44,16 +47,22 @@ pub fn head<F: Float>(
     #[comptime] cin: usize,
     #[comptime] cout: usize,
 ) {
+    let group = comptime![HEAD_GROUP];
+    let groups = comptime![cout / HEAD_GROUP];
     let w = width as usize;
     let h = height as usize;
     let index = ABSOLUTE_POS;
-    if index < w * h * cout {
-        let co = index % cout;
-        let pixel = index / cout;
+    if index < w * h * groups {
+        let first = (index % groups) * group;
+        let pixel = index / groups;
         let x = (pixel % w) as i32;
         let y = (pixel / w) as i32;
         let plane = w * h;
-        let mut acc = bias[co];
+        let mut acc = Array::<f32>::new(group);
+        #[unroll]
+        for j in 0..group {
+            acc[j] = bias[first + j];
+        }
         #[unroll]
         for tap in 0..9usize {
             let sx = x + (tap % 3) as i32 - 1;
@@ -62,11 +71,20 @@ pub fn head<F: Float>(
                 let at = sy as usize * w + sx as usize;
                 #[unroll]
                 for ci in 0..cin {
-                    acc += input[ci * plane + at] * weight[(tap * cin + ci) * cout + co];
+                    let v = input[ci * plane + at];
+                    let row = (tap * cin + ci) * cout + first;
+                    #[unroll]
+                    for j in 0..group {
+                        acc[j] += v * weight[row + j];
+                    }
                 }
             }
         }
-        output[index] = F::cast_from(prelu_if(acc, slope[co], true));
+        let out = pixel * cout + first;
+        #[unroll]
+        for j in 0..group {
+            output[out + j] = F::cast_from(prelu_if(acc[j], slope[first + j], true));
+        }
     }
 }
 
@@ -124,6 +142,8 @@ pub fn conv3x3_direct<F: Float>(
 }
 
 /// Tensor-core 3×3 convolution (see the module comment). `cin` and `cout` are multiples of 16.
+/// Each of the cube's 4 planes computes `rows` rows of 32 pixels × every output channel. Weights
+/// come in fragment order (`fragment_weights`): each 16×16 operand is 512 contiguous bytes.
 #[cube(launch_unchecked)]
 pub fn conv3x3_tiles(
     input: &Array<f16>,
@@ -135,45 +155,49 @@ pub fn conv3x3_tiles(
     width: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
+    #[comptime] rows: usize,
     #[comptime] prelu: bool,
 ) {
     let tile_x = comptime![TILE_X as usize];
-    let tile_y = comptime![TILE_Y as usize];
+    let tile_y = comptime![PLANES as usize * rows];
     let halo_w = comptime![tile_x + 2];
-    let halo_len = comptime![(tile_y + 2) * halo_w * cin];
+    // A pixel's channels padded by 16 halves: rows of an operand then fall in different shared
+    // memory banks (a 128-byte stride put all 16 in the same ones), and stay 32-byte aligned.
+    let stride = comptime![cin + 16];
+    let halo_pixels = comptime![(tile_y + 2) * halo_w];
     let m_frags = comptime![tile_x / 16];
     let n_frags = comptime![cout / 16];
     let k_frags = comptime![cin / 16];
-    let units = comptime![(TILE_X * TILE_Y) as usize];
+    let units = comptime![32 * PLANES as usize];
 
     let w = width as usize;
     let x0 = (CUBE_POS_X * TILE_X) as i32;
-    let y0 = (CUBE_POS_Y * TILE_Y) as i32;
+    let y0 = CUBE_POS_Y as i32 * tile_y as i32;
     let lane = UNIT_POS_X as usize;
-    let row = UNIT_POS_Y as usize;
-    let unit = row * 32 + lane;
+    let plane = UNIT_POS_Y as usize;
+    let unit = plane * 32 + lane;
 
-    let mut halo = SharedMemory::<f16>::new(halo_len);
-    let mut stage = SharedMemory::<f32>::new(comptime![tile_y * 256]);
+    let mut halo = SharedMemory::<f16>::new(comptime![halo_pixels * (cin + 16)]);
+    let mut stage = SharedMemory::<f32>::new(comptime![PLANES as usize * 256]);
 
     let mut i = unit;
-    while i < halo_len {
+    while i < halo_pixels * cin {
         let c = i % cin;
-        let rest = i / cin;
-        let sx = x0 + (rest % halo_w) as i32 - 1;
-        let sy = y0 + (rest / halo_w) as i32 - 1;
+        let pixel = i / cin;
+        let sx = x0 + (pixel % halo_w) as i32 - 1;
+        let sy = y0 + (pixel / halo_w) as i32 - 1;
         let mut v = f16::new(0.0);
         if sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32 {
             v = input[(sy as usize * w + sx as usize) * cin + c];
         }
-        halo[i] = v;
+        halo[pixel * stride + c] = v;
         i += units;
     }
     sync_cube();
 
     let mut acc = Sequence::<cmma::Matrix<f32>>::new();
     #[unroll]
-    for _ in 0..m_frags * n_frags {
+    for _ in 0..rows * m_frags * n_frags {
         acc.push(cmma::Matrix::<f32>::from_value(
             cmma::MatrixIdent::Accumulator,
             16usize,
@@ -192,66 +216,90 @@ pub fn conv3x3_tiles(
         for kf in 0..k_frags {
             let mut a = Sequence::<cmma::Matrix<f16>>::new();
             #[unroll]
-            for mf in 0..m_frags {
-                let start = ((row + dy) * halo_w + mf * 16 + dx) * cin + kf * 16;
-                a.push(cmma::Matrix::<f16>::from_slice(
-                    cmma::MatrixIdent::A,
-                    16usize,
-                    16usize,
-                    16usize,
-                    cmma::MatrixLayout::RowMajor,
-                    &halo.slice(start, start + 16 * cin),
-                    cin as u32,
-                ));
+            for r in 0..rows {
+                #[unroll]
+                for mf in 0..m_frags {
+                    let row = plane * rows + r;
+                    let start = ((row + dy) * halo_w + mf * 16 + dx) * stride + kf * 16;
+                    a.push(cmma::Matrix::<f16>::from_slice(
+                        cmma::MatrixIdent::A,
+                        16usize,
+                        16usize,
+                        16usize,
+                        cmma::MatrixLayout::RowMajor,
+                        &halo.slice(start, start + 16 * stride),
+                        stride as u32,
+                    ));
+                }
             }
             #[unroll]
             for nf in 0..n_frags {
-                let start = (tap * cin + kf * 16) * cout + nf * 16;
+                let start = ((tap * k_frags + kf) * n_frags + nf) * 256;
                 let b = cmma::Matrix::<f16>::from_slice(
                     cmma::MatrixIdent::B,
                     16usize,
                     16usize,
                     16usize,
                     cmma::MatrixLayout::RowMajor,
-                    &weight.slice(start, start + 16 * cout),
-                    cout as u32,
+                    &weight.slice(start, start + 256),
+                    16,
                 );
                 #[unroll]
-                for mf in 0..m_frags {
-                    let c = acc.index(mf * n_frags + nf);
-                    cmma::execute::<f16, f16, f32, f32>(a.index(mf), &b, c, c);
+                for m in 0..rows * m_frags {
+                    let c = acc.index(m * n_frags + nf);
+                    cmma::execute::<f16, f16, f32, f32>(a.index(m), &b, c, c);
                 }
             }
         }
     }
 
-    let y = y0 as usize + row;
-    let stage_start = row * 256;
+    let stage_start = plane * 256;
     #[unroll]
-    for mf in 0..m_frags {
+    for r in 0..rows {
+        let y = y0 as usize + plane * rows + r;
         #[unroll]
-        for nf in 0..n_frags {
-            cmma::store(
-                &mut stage.slice_mut(stage_start, stage_start + 256),
-                acc.index(mf * n_frags + nf),
-                16,
-                cmma::MatrixLayout::RowMajor,
-            );
-            sync_plane();
+        for mf in 0..m_frags {
             #[unroll]
-            for e in 0..8usize {
-                let at = e * 32 + lane;
-                let px = at / 16;
-                let ch = nf * 16 + at % 16;
-                let x = x0 as usize + mf * 16 + px;
-                if x < w && y < height as usize {
-                    let v = stage[stage_start + at] + bias[ch];
-                    output[(y * w + x) * cout + ch] = f16::cast_from(prelu_if(v, slope[ch], prelu));
+            for nf in 0..n_frags {
+                cmma::store(
+                    &mut stage.slice_mut(stage_start, stage_start + 256),
+                    acc.index((r * m_frags + mf) * n_frags + nf),
+                    16,
+                    cmma::MatrixLayout::RowMajor,
+                );
+                sync_plane();
+                #[unroll]
+                for e in 0..8usize {
+                    let at = e * 32 + lane;
+                    let px = at / 16;
+                    let ch = nf * 16 + at % 16;
+                    let x = x0 as usize + mf * 16 + px;
+                    if x < w && y < height as usize {
+                        let v = stage[stage_start + at] + bias[ch];
+                        output[(y * w + x) * cout + ch] =
+                            f16::cast_from(prelu_if(v, slope[ch], prelu));
+                    }
                 }
+                sync_plane();
             }
-            sync_plane();
         }
     }
+}
+
+/// Tap × in × out weights as `conv3x3_tiles` reads them: for each tap, 16-row block of inputs
+/// and 16-column block of outputs, one row-major 16×16 operand.
+pub fn fragment_weights(weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    let (kf, nf) = (cin / 16, cout / 16);
+    let mut out = vec![0.0; weight.len()];
+    for tap in 0..9 {
+        for ci in 0..cin {
+            for co in 0..cout {
+                let frag = (tap * kf + ci / 16) * nf + co / 16;
+                out[frag * 256 + (ci % 16) * 16 + co % 16] = weight[(tap * cin + ci) * cout + co];
+            }
+        }
+    }
+    out
 }
 
 /// One unit per output pixel of the kept region: pixel shuffle of the last convolution, plus the

@@ -8,7 +8,7 @@ use cubecl::{calculate_cube_count_elemwise, CubeElement};
 use half::f16;
 use std::time::{Duration, Instant};
 
-use super::conv::{self, TILE_X, TILE_Y};
+use super::conv::{self, HEAD_GROUP, PLANES, TILE_X};
 use super::srvgg::Srvgg;
 use super::{FusedOutput, Keep};
 use crate::model::forward::Precision;
@@ -28,6 +28,8 @@ pub struct Engine<R: Runtime> {
     scale: usize,
     precision: Precision,
     tensor_cores: bool,
+    /// Rows each plane of `conv3x3_tiles` computes: 2 where shared memory allows.
+    rows: usize,
 }
 
 /// Whether the device multiplies 16×16×16 f16 matrices into f32 (tensor cores, or Vulkan's
@@ -49,6 +51,22 @@ pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
         && hardware.plane_size_max >= 32
 }
 
+/// Rows per plane for `conv3x3_tiles`: two halve the operand loads per multiply, where the
+/// input tile fits the device's shared memory (not Vulkan's usual 48 KiB); `UPFRAME_CONV_ROWS`
+/// overrides it for measurements.
+fn tile_rows<R: Runtime>(client: &ComputeClient<R>, cin: usize) -> usize {
+    let bytes = |rows: usize| {
+        (PLANES as usize * rows + 2) * (TILE_X as usize + 2) * (cin + 16) * 2
+            + PLANES as usize * 1024
+    };
+    let limit = client.properties().hardware.max_shared_memory_size;
+    let asked = std::env::var("UPFRAME_CONV_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let rows = asked.unwrap_or(2);
+    (1..=rows).rev().find(|&r| bytes(r) <= limit).unwrap_or(1)
+}
+
 impl<R: Runtime> Engine<R> {
     pub fn new(
         net: &Srvgg,
@@ -64,6 +82,10 @@ impl<R: Runtime> Engine<R> {
                 .iter()
                 .all(|l| l.cin % 16 == 0 && l.cout % 16 == 0);
         let floats = |v: &[f32]| client.create_from_slice(f32::as_bytes(v));
+        let halves = |v: &[f32]| {
+            let v: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            client.create_from_slice(f16::as_bytes(&v))
+        };
         let layers = net
             .layers
             .iter()
@@ -74,22 +96,23 @@ impl<R: Runtime> Engine<R> {
                 // The head reads f32 weights; the rest read the storage type.
                 weight: match (i, precision) {
                     (0, _) | (_, Precision::F32) => floats(&l.weight),
-                    (_, Precision::F16) => {
-                        let halves: Vec<f16> = l.weight.iter().map(|&v| f16::from_f32(v)).collect();
-                        client.create_from_slice(f16::as_bytes(&halves))
-                    }
+                    _ if tensor_cores => halves(&conv::fragment_weights(&l.weight, l.cin, l.cout)),
+                    _ => halves(&l.weight),
                 },
                 bias: floats(&l.bias),
                 slope: floats(l.slopes.as_deref().unwrap_or(&l.bias)),
                 prelu: l.slopes.is_some(),
             })
             .collect();
+        let widest = net.layers[1..].iter().map(|l| l.cin).max().unwrap_or(16);
+        let rows = tile_rows(&client, widest);
         Self {
             client,
             layers,
             scale: net.scale,
             precision,
             tensor_cores,
+            rows,
         }
     }
 
@@ -188,7 +211,7 @@ impl<R: Runtime> Engine<R> {
         unsafe {
             conv::head::launch_unchecked::<F, R>(
                 client,
-                calculate_cube_count_elemwise(client, pixels * head.cout, cube),
+                calculate_cube_count_elemwise(client, pixels * head.cout / HEAD_GROUP, cube),
                 cube,
                 ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
                 ArrayArg::from_raw_parts(head.weight.clone(), 9 * head.cin * head.cout),
@@ -214,12 +237,13 @@ impl<R: Runtime> Engine<R> {
                 )
             };
             if self.tensor_cores {
-                let count = CubeCount::Static(w.div_ceil(TILE_X), h.div_ceil(TILE_Y), 1);
+                let rows_per_cube = PLANES * self.rows as u32;
+                let count = CubeCount::Static(w.div_ceil(TILE_X), h.div_ceil(rows_per_cube), 1);
                 unsafe {
                     conv::conv3x3_tiles::launch_unchecked::<R>(
                         client,
                         count,
-                        CubeDim::new_2d(32, TILE_Y),
+                        CubeDim::new_2d(32, PLANES),
                         args.0,
                         args.1,
                         args.2,
@@ -229,6 +253,7 @@ impl<R: Runtime> Engine<R> {
                         w,
                         layer.cin,
                         layer.cout,
+                        self.rows,
                         layer.prelu,
                     )
                 };

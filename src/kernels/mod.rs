@@ -90,6 +90,9 @@ pub fn fused_for<D: Any>(
     device: &D,
 ) -> Option<Box<dyn Fused>> {
     let net = srvgg::recognise(graph)?;
+    if net.layers[0].cout % conv::HEAD_GROUP != 0 {
+        return None;
+    }
     let device: &dyn Any = device;
     if let Some(d) = device.downcast_ref::<CudaDevice>() {
         return Some(Box::new(engine::Engine::<CudaRuntime>::new(
