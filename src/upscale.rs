@@ -265,8 +265,12 @@ impl<B: Backend> Upscaler<B> {
             Kernels::Auto => kernels::fused_for(&model.graph, precision, device),
             Kernels::Generic => None,
         };
+        let generic = match fused {
+            Some(_) => precision,
+            None => kernels::generic_precision(device, precision),
+        };
         Self {
-            net: Network::new(model.graph.clone(), precision, device),
+            net: Network::new(model.graph.clone(), generic, device),
             fused,
             scale: model.scale,
             overlap: model.graph.receptive_radius(),

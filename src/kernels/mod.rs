@@ -94,22 +94,134 @@ pub fn fused_for<D: Any>(
         return None;
     }
     let device: &dyn Any = device;
-    if let Some(d) = device.downcast_ref::<CudaDevice>() {
-        return Some(Box::new(engine::Engine::<CudaRuntime>::new(
-            &net, precision, d, true,
-        )));
+    let fused: Box<dyn Fused> = if let Some(d) = device.downcast_ref::<CudaDevice>() {
+        Box::new(engine::Engine::<CudaRuntime>::new(&net, precision, d, true))
+    } else if let Some(d) = device.downcast_ref::<WgpuDevice>() {
+        Box::new(engine::Engine::<WgpuRuntime>::new(&net, precision, d, true))
+    } else {
+        return None;
+    };
+    match verify(fused.as_ref(), graph, net.scale) {
+        Ok(()) => Some(fused),
+        Err(reason) => {
+            log::warn!(
+                "upframe's kernels are not used ({reason}); burn's operations run the model"
+            );
+            None
+        }
     }
-    if let Some(d) = device.downcast_ref::<WgpuDevice>() {
-        return Some(Box::new(engine::Engine::<WgpuRuntime>::new(
-            &net, precision, d, true,
-        )));
+}
+
+/// The precision burn's operations run in when our kernels do not: fp16 on cuda is wrong in
+/// burn 0.21 (`crate::CUDA_FP16_BROKEN`), so fp32 there.
+pub fn generic_precision<D: Any>(device: &D, precision: Precision) -> Precision {
+    let device: &dyn Any = device;
+    if device.downcast_ref::<CudaDevice>().is_some() {
+        Precision::F32
+    } else {
+        precision
     }
-    None
+}
+
+/// Runs `fused` once on a small picture and compares it with burn's fp32 operations on the CPU,
+/// within the fp16 bound the tests use (4 8-bit steps at most, 0.5 on average). A kernel that
+/// failed to compile (the runtime only logs that) or a driver that computes a cooperative matrix
+/// wrongly must fall back, never write a picture.
+pub fn verify(fused: &dyn Fused, graph: &Graph, scale: usize) -> Result<(), String> {
+    use burn::backend::ndarray::NdArrayDevice;
+    use burn::backend::NdArray;
+    use burn::tensor::{Tensor, TensorData};
+
+    let (w, h) = (20, 12);
+    let planes: Vec<f32> = (0..3 * w * h)
+        .map(|i| ((i * 37 + (i / w) * 11) % 101) as f32 / 100.0)
+        .collect();
+    let whole = (0, 0, w * scale, h * scale);
+    let ours = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fused.run(&planes, w, h, whole, false)
+    }))
+    .map_err(|payload| crate::panic_message(&payload))??;
+    let FusedOutput::Planes(ours) = ours else {
+        return Err("the kernels returned packed pixels for planes".into());
+    };
+    let net = crate::model::forward::Network::<NdArray>::new(
+        graph.clone(),
+        Precision::F32,
+        &NdArrayDevice::Cpu,
+    );
+    let input =
+        Tensor::<NdArray, 4>::from_data(TensorData::new(planes, [1, 3, h, w]), &NdArrayDevice::Cpu);
+    let reference = net
+        .forward(input)
+        .clamp(0.0, 1.0)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    if ours.len() != reference.len() {
+        return Err(format!(
+            "{} values where {} were expected",
+            ours.len(),
+            reference.len()
+        ));
+    }
+    let steps: Vec<f32> = ours
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| {
+            if a.is_finite() {
+                (a - b).abs() * 255.0
+            } else {
+                f32::INFINITY
+            }
+        })
+        .collect();
+    let max = steps.iter().cloned().fold(0.0, f32::max);
+    let mean = steps.iter().sum::<f32>() / steps.len() as f32;
+    if max <= 4.0 && mean <= 0.5 {
+        Ok(())
+    } else {
+        Err(format!(
+            "their result differs from the reference by up to {max:.1} 8-bit steps, {mean:.2} on average"
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stands for kernels that failed to compile: the runtime leaves the output as it found it.
+    struct Unwritten;
+
+    impl Fused for Unwritten {
+        fn run(
+            &self,
+            _: &[f32],
+            w: usize,
+            h: usize,
+            keep: Keep,
+            _: bool,
+        ) -> Result<FusedOutput, String> {
+            let _ = (w, h);
+            Ok(FusedOutput::Planes(vec![0.0; 3 * keep.2 * keep.3]))
+        }
+        fn describe(&self) -> String {
+            "unwritten".into()
+        }
+        fn time_forward(&self, _: usize, _: usize, _: usize) -> Vec<std::time::Duration> {
+            Vec::new()
+        }
+        fn memory_reserved(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[test]
+    fn kernels_that_leave_their_output_unwritten_are_refused() {
+        let model = crate::model::load(crate::model::DEFAULT_MODEL, None).unwrap();
+        let reason = verify(&Unwritten, &model.graph, 4).unwrap_err();
+        assert!(reason.contains("differs from the reference"), "{reason}");
+    }
 
     #[test]
     fn the_embedded_model_is_recognised_as_srvgg() {
