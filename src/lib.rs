@@ -55,6 +55,8 @@ pub struct Summary {
     pub device: String,
     pub backend: BackendKind,
     pub precision: Precision,
+    /// What ran the network: upframe's kernels or burn's operations.
+    pub kernels: String,
     pub tile: usize,
     pub model: String,
     pub scale: usize,
@@ -196,10 +198,12 @@ fn run_on<B: Backend>(
         memory_budget(info),
         config.kernels,
     );
+    let precision = upscaler.precision();
     log::info!(
-        "model {} x{} in {precision}, tiles up to {} px",
+        "model {} x{} in {precision} on {}, tiles up to {} px",
         model.name,
         model.scale,
+        upscaler.kernels(),
         upscaler.tile()
     );
     let mut progress = progress::Progress::new(jobs.len() as u64, config.quiet);
@@ -211,6 +215,7 @@ fn run_on<B: Backend>(
         device: info.name.clone(),
         backend: info.backend,
         precision,
+        kernels: upscaler.kernels(),
         tile: 0,
         model: model.name.clone(),
         scale: model.scale,

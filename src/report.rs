@@ -27,6 +27,7 @@ pub fn write(
             "backend": summary.backend.to_string(),
             "device": summary.device,
             "precision": summary.precision.to_string(),
+            "kernels": summary.kernels,
             "tile": summary.tile,
             "decoder": video.map(|v| v.decoder.clone()),
             "encoder": video.map(|v| v.encoder.clone()),

@@ -153,9 +153,11 @@ pub fn run<B: Backend>(
         })
         .collect();
     log::info!(
-        "model {} x{} in {precision}, tiles up to {} px, {workers} upscale thread(s)",
+        "model {} x{} in {} on {}, tiles up to {} px, {workers} upscale thread(s)",
         model.name,
         model.scale,
+        upscalers[0].precision(),
+        upscalers[0].kernels(),
         upscalers[0].tile()
     );
     let mut dedup_summary = None;
@@ -232,7 +234,8 @@ the frames around them may be missing or show errors (UPFRAME_FFMPEG_LOG=warning
         elapsed: start.elapsed().max(Duration::from_nanos(1)),
         device: info.name.clone(),
         backend: info.backend,
-        precision,
+        precision: upscalers[0].precision(),
+        kernels: upscalers[0].kernels(),
         tile: upscalers.iter().map(|u| u.tile()).min().unwrap_or(0),
         model: model.name.clone(),
         scale: model.scale,

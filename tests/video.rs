@@ -628,6 +628,8 @@ fn frames_folder_and_report() {
     }
     assert_eq!(r["totals"]["frames"], 5);
     assert_eq!(r["settings"]["backend"], "cpu");
+    // The CPU has no fused kernels: the report says what really ran.
+    assert_eq!(r["settings"]["kernels"], "burn's generic operations");
     assert!(r["timings"]["phases"]["upscale_s"].as_f64().unwrap() > 0.0);
 
     // Frames already there are refused without -y.
