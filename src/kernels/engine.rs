@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::conv::{self, HEAD_GROUP, PLANES, TILE_X};
 use super::srvgg::Srvgg;
-use super::{FusedOutput, Keep};
+use super::{Fused, FusedOutput, Keep};
 use crate::model::forward::Precision;
 
 struct DeviceLayer {
@@ -116,25 +116,6 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    pub fn tensor_cores(&self) -> bool {
-        self.tensor_cores
-    }
-
-    /// `channels`×`height`×`width` f32 planes in, the `keep` region of the upscaled result out.
-    pub fn run(
-        &self,
-        planes: &[f32],
-        width: usize,
-        height: usize,
-        keep: Keep,
-        packed: bool,
-    ) -> Result<FusedOutput, String> {
-        match self.precision {
-            Precision::F16 => self.run_as::<f16>(planes, width, height, keep, packed),
-            Precision::F32 => self.run_as::<f32>(planes, width, height, keep, packed),
-        }
-    }
-
     fn run_as<F: Float + CubeElement>(
         &self,
         planes: &[f32],
@@ -154,14 +135,6 @@ impl<R: Runtime> Engine<R> {
         } else {
             FusedOutput::Planes(bytemuck::pod_collect_to_vec(&bytes))
         })
-    }
-
-    /// Model-only timings: the input stays on the device, each forward ends with a device sync.
-    pub fn time_forward(&self, width: usize, height: usize, runs: usize) -> Vec<Duration> {
-        match self.precision {
-            Precision::F16 => self.time_as::<f16>(width, height, runs),
-            Precision::F32 => self.time_as::<f32>(width, height, runs),
-        }
     }
 
     fn time_as<F: Float + CubeElement>(
@@ -186,11 +159,6 @@ impl<R: Runtime> Engine<R> {
             once();
         }
         (0..runs.max(1)).map(|_| once()).collect()
-    }
-
-    /// Bytes the runtime holds on the device (ours and burn's: they share the client).
-    pub fn memory_reserved(&self) -> Option<u64> {
-        self.client.memory_usage().ok().map(|m| m.bytes_reserved)
     }
 
     /// Queues the whole network on `input` (3 f32 planes) and returns the handle of the result.
@@ -315,6 +283,44 @@ impl<R: Runtime> Engine<R> {
             rgb
         } else {
             out_planes
+        }
+    }
+}
+
+impl<R: Runtime> Fused for Engine<R> {
+    /// `channels`×`height`×`width` f32 planes in, the `keep` region of the upscaled result out.
+    fn run(
+        &self,
+        planes: &[f32],
+        width: usize,
+        height: usize,
+        keep: Keep,
+        packed: bool,
+    ) -> Result<FusedOutput, String> {
+        match self.precision {
+            Precision::F16 => self.run_as::<f16>(planes, width, height, keep, packed),
+            Precision::F32 => self.run_as::<f32>(planes, width, height, keep, packed),
+        }
+    }
+
+    /// Model-only timings: the input stays on the device, each forward ends with a device sync.
+    fn time_forward(&self, width: usize, height: usize, runs: usize) -> Vec<Duration> {
+        match self.precision {
+            Precision::F16 => self.time_as::<f16>(width, height, runs),
+            Precision::F32 => self.time_as::<f32>(width, height, runs),
+        }
+    }
+
+    /// Bytes the runtime holds on the device (ours and burn's: they share the client).
+    fn memory_reserved(&self) -> Option<u64> {
+        self.client.memory_usage().ok().map(|m| m.bytes_reserved)
+    }
+
+    fn describe(&self) -> String {
+        if self.tensor_cores {
+            "fused SRVGG kernels, tensor cores".into()
+        } else {
+            "fused SRVGG kernels, direct".into()
         }
     }
 }

@@ -53,35 +53,6 @@ pub trait Fused: Send {
     fn memory_reserved(&self) -> Option<u64>;
 }
 
-impl<R: cubecl::Runtime> Fused for engine::Engine<R> {
-    fn run(
-        &self,
-        planes: &[f32],
-        width: usize,
-        height: usize,
-        keep: Keep,
-        packed: bool,
-    ) -> Result<FusedOutput, String> {
-        engine::Engine::run(self, planes, width, height, keep, packed)
-    }
-
-    fn time_forward(&self, width: usize, height: usize, runs: usize) -> Vec<std::time::Duration> {
-        engine::Engine::time_forward(self, width, height, runs)
-    }
-
-    fn memory_reserved(&self) -> Option<u64> {
-        engine::Engine::memory_reserved(self)
-    }
-
-    fn describe(&self) -> String {
-        if self.tensor_cores() {
-            "fused SRVGG kernels, tensor cores".into()
-        } else {
-            "fused SRVGG kernels, direct".into()
-        }
-    }
-}
-
 /// Our kernels for `graph` on `device`, when the graph is an SRVGG network and the device is a
 /// CUDA or wgpu one (burn's own device types, so the same runtime client and memory are shared).
 pub fn fused_for<D: Any>(
