@@ -4,7 +4,7 @@
 //!
 //! - `head`: the first 3×3 convolution, read straight from the planar f32 picture, + PReLU.
 //! - `conv3x3_tiles`: a 3×3 convolution + bias + PReLU on tensor cores (cooperative matrices).
-//!   A cube of 4 planes computes 4 rows × 32 pixels × every output channel. The input tile and
+//!   A cube of planes computes a few rows × 32 pixels × every output channel. The input tile and
 //!   its one-pixel halo sit in shared memory; because a pixel's channels are contiguous, the
 //!   16-pixel × 16-channel operand for tap (dy, dx) is that tile read from a shifted start, so no
 //!   im2col buffer exists.
@@ -14,11 +14,10 @@
 use cubecl::prelude::*;
 use half::f16;
 
-/// Pixels per row of a `conv3x3_tiles` cube, and its planes (32 units each).
+/// Pixels per row of a `conv3x3_tiles` cube.
 pub const TILE_X: u32 = 32;
-pub const PLANES: u32 = 4;
-/// Output channels per unit of `head`; the first layer's outputs must be a multiple of it.
-pub const HEAD_GROUP: usize = 16;
+/// The first layer's outputs must be a multiple of this: `head` stores four at a time.
+pub const HEAD_QUAD: usize = 4;
 
 #[cube]
 fn prelu_if(value: f32, slope: f32, #[comptime] prelu: bool) -> f32 {
@@ -33,35 +32,45 @@ fn prelu_if(value: f32, slope: f32, #[comptime] prelu: bool) -> f32 {
     }
 }
 
-/// One unit per (pixel, 16 output channels): the first layer has only three input channels, so
-/// each unit reads its 27 inputs once and reuses them for all its outputs.
+/// Four floats: the head's unit of weights, sums and stores.
+type Quad<F> = Vector<F, Const<4>>;
+
+/// One unit per pixel, all output channels: the first layer has only three input channels, so a
+/// unit reads its 27 inputs once and reuses each for every output. The cube's units share the
+/// weights through shared memory (the same address for the whole plane: one broadcast read) and
+/// write a pixel's outputs four channels per store.
 #[cube(launch_unchecked)]
 pub fn head<F: Float>(
     input: &Array<f32>,
-    weight: &Array<f32>,
+    weight: &Array<Quad<f32>>,
     bias: &Array<f32>,
     slope: &Array<f32>,
-    output: &mut Array<F>,
+    output: &mut Array<Quad<F>>,
     height: u32,
     width: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
 ) {
-    let group = comptime![HEAD_GROUP];
-    let groups = comptime![cout / HEAD_GROUP];
+    let quads = comptime![cout / 4];
+    let weight_quads = comptime![9 * cin * cout / 4];
+    let mut weights = SharedMemory::<Quad<f32>>::new(weight_quads);
+    let mut i = UNIT_POS as usize;
+    while i < weight_quads {
+        weights[i] = weight[i];
+        i += CUBE_DIM as usize;
+    }
+    sync_cube();
+
     let w = width as usize;
-    let h = height as usize;
-    let index = ABSOLUTE_POS;
-    if index < w * h * groups {
-        let first = (index % groups) * group;
-        let pixel = index / groups;
+    let plane = w * height as usize;
+    let pixel = ABSOLUTE_POS;
+    if pixel < plane {
         let x = (pixel % w) as i32;
         let y = (pixel / w) as i32;
-        let plane = w * h;
-        let mut acc = Array::<f32>::new(group);
+        let mut acc = Array::<Quad<f32>>::new(quads);
         #[unroll]
-        for j in 0..group {
-            acc[j] = bias[first + j];
+        for q in 0..quads {
+            acc[q] = Quad::<f32>::new(0.0);
         }
         #[unroll]
         for tap in 0..9usize {
@@ -71,19 +80,25 @@ pub fn head<F: Float>(
                 let at = sy as usize * w + sx as usize;
                 #[unroll]
                 for ci in 0..cin {
-                    let v = input[ci * plane + at];
-                    let row = (tap * cin + ci) * cout + first;
+                    let v = Quad::<f32>::new(input[ci * plane + at]);
+                    let row = (tap * cin + ci) * quads;
                     #[unroll]
-                    for j in 0..group {
-                        acc[j] += v * weight[row + j];
+                    for q in 0..quads {
+                        acc[q] += v * weights[row + q];
                     }
                 }
             }
         }
-        let out = pixel * cout + first;
         #[unroll]
-        for j in 0..group {
-            output[out + j] = F::cast_from(prelu_if(acc[j], slope[first + j], true));
+        for q in 0..quads {
+            let sums = acc[q];
+            let mut out = Quad::<F>::empty();
+            #[unroll]
+            for j in 0..4usize {
+                let ch = q * 4 + j;
+                out[j] = F::cast_from(prelu_if(sums[j] + bias[ch], slope[ch], true));
+            }
+            output[pixel * quads + q] = out;
         }
     }
 }
@@ -141,34 +156,45 @@ pub fn conv3x3_direct<F: Float>(
     }
 }
 
-/// Tensor-core 3×3 convolution (see the module comment). `cin` and `cout` are multiples of 16.
-/// Each of the cube's 4 planes computes `rows` rows of 32 pixels × every output channel. Weights
-/// come in fragment order (`fragment_weights`): each 16×16 operand is 512 contiguous bytes.
+/// Eight halves: 16 bytes, the widest load and store a unit makes.
+pub type Half8 = Vector<f16, Const<8>>;
+type Float4 = Vector<f32, Const<4>>;
+
+/// Tensor-core 3×3 convolution (see the module comment). `cin` and `cout` are multiples of 16;
+/// activations are read and written 16 bytes at a time. Each of the cube's `planes` planes
+/// computes `rows` rows of 32 pixels × every output channel. Weights come in fragment order
+/// (`fragment_weights`): each 16×16 operand is 512 contiguous bytes.
 #[cube(launch_unchecked)]
 pub fn conv3x3_tiles(
-    input: &Array<f16>,
+    input: &Array<Half8>,
     weight: &Array<f16>,
     bias: &Array<f32>,
     slope: &Array<f32>,
-    output: &mut Array<f16>,
+    output: &mut Array<Half8>,
     height: u32,
     width: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] rows: usize,
+    #[comptime] planes: usize,
+    #[comptime] unroll_taps: bool,
     #[comptime] prelu: bool,
 ) {
     let tile_x = comptime![TILE_X as usize];
-    let tile_y = comptime![PLANES as usize * rows];
+    let tile_y = comptime![planes * rows];
     let halo_w = comptime![tile_x + 2];
+    let halo_pixels = comptime![(tile_y + 2) * halo_w];
     // A pixel's channels padded by 16 halves: rows of an operand then fall in different shared
     // memory banks (a 128-byte stride put all 16 in the same ones), and stay 32-byte aligned.
     let stride = comptime![cin + 16];
-    let halo_pixels = comptime![(tile_y + 2) * halo_w];
+    let vectors_in = comptime![cin / 8];
+    let vectors_out = comptime![cout / 8];
+    let pixel_vectors = comptime![stride / 8];
     let m_frags = comptime![tile_x / 16];
     let n_frags = comptime![cout / 16];
     let k_frags = comptime![cin / 16];
-    let units = comptime![32 * PLANES as usize];
+    let units = comptime![32 * planes];
+    let loads = comptime![(halo_pixels * vectors_in).div_ceil(units)];
 
     let w = width as usize;
     let x0 = (CUBE_POS_X * TILE_X) as i32;
@@ -177,21 +203,28 @@ pub fn conv3x3_tiles(
     let plane = UNIT_POS_Y as usize;
     let unit = plane * 32 + lane;
 
-    let mut halo = SharedMemory::<f16>::new(comptime![halo_pixels * (cin + 16)]);
-    let mut stage = SharedMemory::<f32>::new(comptime![PLANES as usize * 256]);
+    let mut halo = SharedMemory::<Half8>::new(comptime![halo_pixels * pixel_vectors]);
+    let mut stage = SharedMemory::<Float4>::new(comptime![planes * 64]);
+    let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
 
-    let mut i = unit;
-    while i < halo_pixels * cin {
-        let c = i % cin;
-        let pixel = i / cin;
-        let sx = x0 + (pixel % halo_w) as i32 - 1;
-        let sy = y0 + (pixel / halo_w) as i32 - 1;
-        let mut v = f16::new(0.0);
-        if sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32 {
-            v = input[(sy as usize * w + sx as usize) * cin + c];
+    #[unroll]
+    for load in 0..loads {
+        let i = load * units + unit;
+        if i < halo_pixels * vectors_in {
+            let c = i % vectors_in;
+            let pixel = i / vectors_in;
+            let sx = x0 + (pixel % halo_w) as i32 - 1;
+            let sy = y0 + (pixel / halo_w) as i32 - 1;
+            let mut v = Half8::new(f16::new(0.0));
+            if sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32 {
+                v = input[(sy as usize * w + sx as usize) * vectors_in + c];
+            }
+            halo[pixel * pixel_vectors + c] = v;
         }
-        halo[pixel * stride + c] = v;
-        i += units;
+    }
+    if unit < cout {
+        epilogue[unit] = bias[unit];
+        epilogue[cout + unit] = slope[unit];
     }
     sync_cube();
 
@@ -208,7 +241,7 @@ pub fn conv3x3_tiles(
         ));
     }
 
-    #[unroll]
+    #[unroll(unroll_taps)]
     for tap in 0..9usize {
         let dy = tap / 3;
         let dx = tap % 3;
@@ -220,16 +253,22 @@ pub fn conv3x3_tiles(
                 #[unroll]
                 for mf in 0..m_frags {
                     let row = plane * rows + r;
-                    let start = ((row + dy) * halo_w + mf * 16 + dx) * stride + kf * 16;
-                    a.push(cmma::Matrix::<f16>::from_slice(
-                        cmma::MatrixIdent::A,
-                        16usize,
-                        16usize,
-                        16usize,
-                        cmma::MatrixLayout::RowMajor,
-                        &halo.slice(start, start + 16 * stride),
+                    let start = ((row + dy) * halo_w + mf * 16 + dx) * pixel_vectors + kf * 2;
+                    let operand = unsafe {
+                        cmma::Matrix::<f16>::uninitialized(
+                            cmma::MatrixIdent::A,
+                            16usize,
+                            16usize,
+                            16usize,
+                            cmma::MatrixLayout::RowMajor,
+                        )
+                    };
+                    cmma::load(
+                        &operand,
+                        &halo.slice(start, start + 16 * pixel_vectors),
                         stride as u32,
-                    ));
+                    );
+                    a.push(operand);
                 }
             }
             #[unroll]
@@ -253,36 +292,62 @@ pub fn conv3x3_tiles(
         }
     }
 
-    let stage_start = plane * 256;
+    // Each fragment goes through the plane's 16 × 16 f32 stage; a lane then finishes 8 channels
+    // of one pixel and writes them as one 16-byte store.
+    let stage_start = plane * 64;
+    let px = lane / 2;
+    let half = lane % 2;
     #[unroll]
     for r in 0..rows {
         let y = y0 as usize + plane * rows + r;
         #[unroll]
         for mf in 0..m_frags {
+            let x = x0 as usize + mf * 16 + px;
             #[unroll]
             for nf in 0..n_frags {
                 cmma::store(
-                    &mut stage.slice_mut(stage_start, stage_start + 256),
+                    &mut stage.slice_mut(stage_start, stage_start + 64),
                     acc.index((r * m_frags + mf) * n_frags + nf),
                     16,
                     cmma::MatrixLayout::RowMajor,
                 );
                 sync_plane();
-                #[unroll]
-                for e in 0..8usize {
-                    let at = e * 32 + lane;
-                    let px = at / 16;
-                    let ch = nf * 16 + at % 16;
-                    let x = x0 as usize + mf * 16 + px;
-                    if x < w && y < height as usize {
-                        let v = stage[stage_start + at] + bias[ch];
-                        output[(y * w + x) * cout + ch] =
-                            f16::cast_from(prelu_if(v, slope[ch], prelu));
+                if x < w && y < height as usize {
+                    let first = nf * 16 + half * 8;
+                    let mut out = Half8::new(f16::new(0.0));
+                    #[unroll]
+                    for part in 0..2usize {
+                        let sums = stage[stage_start + px * 4 + half * 2 + part];
+                        #[unroll]
+                        for j in 0..4usize {
+                            let ch = first + part * 4 + j;
+                            let v = sums[j] + epilogue[ch];
+                            out[part * 4 + j] =
+                                f16::cast_from(prelu_if(v, epilogue[cout + ch], prelu));
+                        }
                     }
+                    output[(y * w + x) * vectors_out + nf * 2 + half] = out;
                 }
                 sync_plane();
             }
         }
+    }
+}
+
+/// How `conv3x3_tiles` divides the picture: each cube has `planes` planes of 32 units, each
+/// plane computes `rows` rows of 32 pixels; `unroll_taps` unrolls the loop over the 9 taps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileShape {
+    pub rows: usize,
+    pub planes: usize,
+    pub unroll_taps: bool,
+}
+
+impl TileShape {
+    /// Shared memory one cube uses for `cin` input channels and `cout` outputs.
+    pub fn shared_bytes(&self, cin: usize, cout: usize) -> usize {
+        let halo = (self.planes * self.rows + 2) * (TILE_X as usize + 2) * (cin + 16) * 2;
+        halo + self.planes * 1024 + 2 * cout * 4
     }
 }
 

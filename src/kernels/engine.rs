@@ -8,7 +8,7 @@ use cubecl::{calculate_cube_count_elemwise, CubeElement};
 use half::f16;
 use std::time::{Duration, Instant};
 
-use super::conv::{self, HEAD_GROUP, PLANES, TILE_X};
+use super::conv::{self, TileShape, TILE_X};
 use super::srvgg::Srvgg;
 use super::{Fused, FusedOutput, Keep};
 use crate::model::forward::Precision;
@@ -28,8 +28,8 @@ pub struct Engine<R: Runtime> {
     scale: usize,
     precision: Precision,
     tensor_cores: bool,
-    /// Rows each plane of `conv3x3_tiles` computes: 2 where shared memory allows.
-    rows: usize,
+    /// How `conv3x3_tiles` divides the picture.
+    shape: TileShape,
 }
 
 /// Whether the device multiplies 16×16×16 f16 matrices into f32 (tensor cores, or Vulkan's
@@ -51,32 +51,63 @@ pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
         && hardware.plane_size_max >= 32
 }
 
-/// Rows per plane for `conv3x3_tiles`: two halve the operand loads per multiply, where the
-/// input tile fits the device's shared memory (not Vulkan's usual 48 KiB); `UPFRAME_CONV_ROWS`
-/// overrides it for measurements.
-fn tile_rows<R: Runtime>(client: &ComputeClient<R>, cin: usize) -> usize {
-    let bytes = |rows: usize| {
-        (PLANES as usize * rows + 2) * (TILE_X as usize + 2) * (cin + 16) * 2
-            + PLANES as usize * 1024
+/// `conv3x3_tiles`' tile shapes measured best on an H200 (BENCHMARKS.md, "Tile shapes"): 2 rows
+/// x 2 planes through CUDA, 1 row x 4 planes through wgpu (measured over Vulkan).
+pub const CUDA_SHAPE: TileShape = TileShape {
+    rows: 2,
+    planes: 2,
+    unroll_taps: false,
+};
+pub const WGPU_SHAPE: TileShape = TileShape {
+    rows: 1,
+    planes: 4,
+    unroll_taps: false,
+};
+
+/// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
+/// memory (Vulkan often allows 48 KiB), else the largest smaller one. `UPFRAME_CONV_ROWS`,
+/// `UPFRAME_CONV_PLANES` and `UPFRAME_CONV_UNROLL` (0 or 1) override it for measurements.
+fn tile_shape<R: Runtime>(
+    client: &ComputeClient<R>,
+    preferred: TileShape,
+    cin: usize,
+    cout: usize,
+) -> TileShape {
+    let knob = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let asked = TileShape {
+        rows: knob("UPFRAME_CONV_ROWS", preferred.rows),
+        planes: knob("UPFRAME_CONV_PLANES", preferred.planes),
+        unroll_taps: knob("UPFRAME_CONV_UNROLL", preferred.unroll_taps as usize) != 0,
     };
     let limit = client.properties().hardware.max_shared_memory_size;
-    let asked = std::env::var("UPFRAME_CONV_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let rows = asked.unwrap_or(2);
-    (1..=rows).rev().find(|&r| bytes(r) <= limit).unwrap_or(1)
+    let fits = |shape: &TileShape| shape.shared_bytes(cin, cout) <= limit;
+    [
+        asked,
+        TileShape { rows: 1, ..asked },
+        TileShape {
+            rows: 1,
+            planes: 2,
+            ..asked
+        },
+    ]
+    .into_iter()
+    .find(fits)
+    .unwrap_or(TileShape {
+        rows: 1,
+        planes: 1,
+        ..asked
+    })
 }
 
 impl<R: Runtime> Engine<R> {
-    pub fn new(
-        net: &Srvgg,
-        precision: Precision,
-        device: &R::Device,
-        allow_tensor_cores: bool,
-    ) -> Self {
+    pub fn new(net: &Srvgg, precision: Precision, device: &R::Device, shape: TileShape) -> Self {
         let client = R::client(device);
-        let tensor_cores = allow_tensor_cores
-            && precision == Precision::F16
+        let tensor_cores = precision == Precision::F16
             && has_tensor_cores(&client)
             && net.layers[1..]
                 .iter()
@@ -104,15 +135,17 @@ impl<R: Runtime> Engine<R> {
                 prelu: l.slopes.is_some(),
             })
             .collect();
-        let widest = net.layers[1..].iter().map(|l| l.cin).max().unwrap_or(16);
-        let rows = tile_rows(&client, widest);
+        let widest = |f: fn(&super::srvgg::Layer) -> usize| {
+            net.layers[1..].iter().map(f).max().unwrap_or(16)
+        };
+        let shape = tile_shape(&client, shape, widest(|l| l.cin), widest(|l| l.cout));
         Self {
             client,
             layers,
             scale: net.scale,
             precision,
             tensor_cores,
-            rows,
+            shape,
         }
     }
 
@@ -179,13 +212,13 @@ impl<R: Runtime> Engine<R> {
         unsafe {
             conv::head::launch_unchecked::<F, R>(
                 client,
-                calculate_cube_count_elemwise(client, pixels * head.cout / HEAD_GROUP, cube),
+                calculate_cube_count_elemwise(client, pixels, cube),
                 cube,
                 ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
-                ArrayArg::from_raw_parts(head.weight.clone(), 9 * head.cin * head.cout),
+                ArrayArg::from_raw_parts(head.weight.clone(), 9 * head.cin * head.cout / 4),
                 ArrayArg::from_raw_parts(head.bias.clone(), head.cout),
                 ArrayArg::from_raw_parts(head.slope.clone(), head.cout),
-                ArrayArg::from_raw_parts(x.clone(), pixels * head.cout),
+                ArrayArg::from_raw_parts(x.clone(), pixels * head.cout / 4),
                 h,
                 w,
                 head.cin,
@@ -195,33 +228,35 @@ impl<R: Runtime> Engine<R> {
         for layer in &self.layers[1..] {
             let y = client.empty(pixels * layer.cout * size_of::<F>());
             // Safety: each length is the element count of the buffer created for it above.
-            let args = unsafe {
+            let params = unsafe {
                 (
-                    ArrayArg::from_raw_parts(x.clone(), pixels * layer.cin),
                     ArrayArg::from_raw_parts(layer.weight.clone(), 9 * layer.cin * layer.cout),
                     ArrayArg::from_raw_parts(layer.bias.clone(), layer.cout),
                     ArrayArg::from_raw_parts(layer.slope.clone(), layer.cout),
-                    ArrayArg::from_raw_parts(y.clone(), pixels * layer.cout),
                 )
             };
             if self.tensor_cores {
-                let rows_per_cube = PLANES * self.rows as u32;
+                let shape = self.shape;
+                let rows_per_cube = (shape.planes * shape.rows) as u32;
                 let count = CubeCount::Static(w.div_ceil(TILE_X), h.div_ceil(rows_per_cube), 1);
+                // Safety: 16-byte vectors, 8 halves each; channel counts are multiples of 16.
                 unsafe {
                     conv::conv3x3_tiles::launch_unchecked::<R>(
                         client,
                         count,
-                        CubeDim::new_2d(32, PLANES),
-                        args.0,
-                        args.1,
-                        args.2,
-                        args.3,
-                        args.4,
+                        CubeDim::new_2d(32, shape.planes as u32),
+                        ArrayArg::from_raw_parts(x.clone(), pixels * layer.cin / 8),
+                        params.0,
+                        params.1,
+                        params.2,
+                        ArrayArg::from_raw_parts(y.clone(), pixels * layer.cout / 8),
                         h,
                         w,
                         layer.cin,
                         layer.cout,
-                        self.rows,
+                        shape.rows,
+                        shape.planes,
+                        shape.unroll_taps,
                         layer.prelu,
                     )
                 };
@@ -236,11 +271,11 @@ impl<R: Runtime> Engine<R> {
                         client,
                         calculate_cube_count_elemwise(client, units, cube),
                         cube,
-                        args.0,
-                        args.1,
-                        args.2,
-                        args.3,
-                        args.4,
+                        ArrayArg::from_raw_parts(x.clone(), pixels * layer.cin),
+                        params.0,
+                        params.1,
+                        params.2,
+                        ArrayArg::from_raw_parts(y.clone(), pixels * layer.cout),
                         h,
                         w,
                         layer.cin,
@@ -318,7 +353,12 @@ impl<R: Runtime> Fused for Engine<R> {
 
     fn describe(&self) -> String {
         if self.tensor_cores {
-            "fused SRVGG kernels, tensor cores".into()
+            let s = self.shape;
+            let unrolled = if s.unroll_taps { ", taps unrolled" } else { "" };
+            format!(
+                "fused SRVGG kernels, tensor cores ({} row(s) x {} planes{unrolled})",
+                s.rows, s.planes
+            )
         } else {
             "fused SRVGG kernels, direct".into()
         }

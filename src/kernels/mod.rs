@@ -61,14 +61,24 @@ pub fn fused_for<D: Any>(
     device: &D,
 ) -> Option<Box<dyn Fused>> {
     let net = srvgg::recognise(graph)?;
-    if net.layers[0].cout % conv::HEAD_GROUP != 0 {
+    if net.layers[0].cout % conv::HEAD_QUAD != 0 {
         return None;
     }
     let device: &dyn Any = device;
     let fused: Box<dyn Fused> = if let Some(d) = device.downcast_ref::<CudaDevice>() {
-        Box::new(engine::Engine::<CudaRuntime>::new(&net, precision, d, true))
+        Box::new(engine::Engine::<CudaRuntime>::new(
+            &net,
+            precision,
+            d,
+            engine::CUDA_SHAPE,
+        ))
     } else if let Some(d) = device.downcast_ref::<WgpuDevice>() {
-        Box::new(engine::Engine::<WgpuRuntime>::new(&net, precision, d, true))
+        Box::new(engine::Engine::<WgpuRuntime>::new(
+            &net,
+            precision,
+            d,
+            engine::WGPU_SHAPE,
+        ))
     } else {
         return None;
     };
