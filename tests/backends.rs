@@ -549,3 +549,24 @@ fn fused_kernels_match_cpu_on_cuda() {
     assert!(kernels.contains("tensor cores"), "{kernels}");
     assert_fused_matches_cpu::<Cuda>(&device, Precision::F32, (0.05, 0.005));
 }
+
+/// Duplicate-frame features on cuda (CubeCL kernels) equal their host definition, bit for bit.
+#[test]
+fn cuda_dedup_features_match_the_definition() {
+    use upframe::dedup::{cubecl_path, features};
+    let Some(Selected::Cuda(device, info)) = selected(BackendKind::Cuda) else {
+        return;
+    };
+    let client = <cubecl::cuda::CudaRuntime as cubecl::Runtime>::client(&device);
+    let photo = photo();
+    for (w, h) in [(96, 64), (95, 61), (30, 18), (7, 3)] {
+        let picture = crop(&photo, w, h);
+        let packed = features::Packed::from_planar(&picture);
+        assert_eq!(
+            cubecl_path::features(&client, &packed),
+            features::reference(&packed),
+            "{} at {w}x{h}",
+            info.name
+        );
+    }
+}

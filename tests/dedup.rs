@@ -13,7 +13,7 @@ use burn::backend::{NdArray, Wgpu};
 use image::{imageops, Rgb, RgbImage};
 use serde_json::Value;
 use upframe::dedup::features::{self, Packed};
-use upframe::dedup::{burn_path, wgsl::WgslFeatures};
+use upframe::dedup::{burn_path, cubecl_path, wgsl::WgslFeatures};
 use upframe::upscale::Planar;
 
 use common::{frame_times, p, run_ok, stderr, upframe, Clip};
@@ -290,13 +290,14 @@ fn planar(picture: &RgbImage) -> Planar {
 }
 
 #[test]
-fn wgsl_shaders_burn_ops_and_the_definition_give_identical_features() {
+fn wgsl_shaders_cubecl_kernels_burn_ops_and_the_definition_give_identical_features() {
     let Some((device, info)) = upframe::backend::wgpu_devices().into_iter().next() else {
         eprintln!("skipped: no wgpu adapter (install mesa-vulkan-drivers for a software one)");
         return;
     };
     let setup = upframe::backend::wgpu_setup(&device).expect("the first use of this device");
     let mut shaders = WgslFeatures::new(&setup);
+    let client = <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(&device);
     let photo = photo();
     let mut pictures: Vec<RgbImage> = vec![
         photo.clone(),
@@ -319,6 +320,12 @@ fn wgsl_shaders_burn_ops_and_the_definition_give_identical_features() {
             burn_path::features::<Wgpu>(&packed, &device),
             expected,
             "burn wgpu, {size:?}"
+        );
+        assert_eq!(
+            cubecl_path::features(&client, &packed),
+            expected,
+            "CubeCL kernels on {}, {size:?}",
+            info.name
         );
         assert_eq!(
             burn_path::features::<NdArray>(&packed, &Default::default()),

@@ -3,17 +3,24 @@
 //!
 //! - `features`: what is computed per frame (integer 2x2 cell sums and a 64-bit hash), and its
 //!   definition on the host.
-//! - `burn_path`: the same with burn's tensor ops (cuda, cpu; wgpu when the WGSL path cannot run).
+//! - `cubecl_path`: the same as two CubeCL kernels (cuda).
+//! - `burn_path`: the same with burn's tensor ops (cpu; wgpu when the WGSL path cannot run).
 //! - `wgsl`: the same as WGSL shaders on burn's own wgpu device.
 //! - `decide`: the decision against a window of kept frames.
 
 pub mod burn_path;
+pub mod cubecl_path;
 pub mod decide;
 pub mod features;
 pub mod wgsl;
 
+use std::any::Any;
+
+use burn::backend::cuda::CudaDevice;
 use burn::backend::wgpu::WgpuSetup;
 use burn::tensor::backend::Backend;
+use cubecl::cuda::CudaRuntime;
+use cubecl::prelude::{ComputeClient, Runtime};
 
 pub use decide::{Decision, Deduplicator, Thresholds};
 use features::{Features, Packed};
@@ -60,24 +67,35 @@ pub struct Detector<B: Backend> {
     device: B::Device,
     /// On wgpu, when burn's device is known to us.
     shaders: Option<WgslFeatures>,
+    /// On cuda.
+    cuda: Option<ComputeClient<CudaRuntime>>,
 }
 
-impl<B: Backend> Detector<B> {
+impl<B: Backend> Detector<B>
+where
+    B::Device: Any,
+{
     pub fn new(device: &B::Device, wgpu: Option<&WgpuSetup>) -> Self {
+        let any: &dyn Any = device;
         Self {
             device: device.clone(),
             shaders: wgpu.map(WgslFeatures::new),
+            cuda: any.downcast_ref::<CudaDevice>().map(CudaRuntime::client),
         }
     }
 
     pub fn name(&self) -> &'static str {
-        match self.shaders {
-            Some(_) => "WGSL shaders",
-            None => "burn tensor ops",
+        match (&self.shaders, &self.cuda) {
+            (Some(_), _) => "WGSL shaders",
+            (_, Some(_)) => "CubeCL kernels",
+            _ => "burn tensor ops",
         }
     }
 
     pub fn features(&mut self, frame: &Packed) -> Features {
+        if let Some(client) = &self.cuda {
+            return cubecl_path::features(client, frame);
+        }
         match &mut self.shaders {
             Some(shaders) if shaders.fits(frame) => shaders.features(frame),
             _ => burn_path::features::<B>(frame, &self.device),
