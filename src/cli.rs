@@ -126,7 +126,8 @@ pub struct Cli {
     pub frames: Option<String>,
 
     /// Find held frames (duplicates) on the GPU and upscale each picture once; a duplicate is
-    /// written from its source's result. Neither level merges a visible change
+    /// written from its source's result (in a folder of images, as a hard link to its output).
+    /// Neither level merges a visible change
     #[arg(long, value_enum, default_value_t = DedupLevel::Normal, help_heading = "Duplicate frames")]
     pub dedup: DedupLevel,
 

@@ -297,6 +297,29 @@ pub fn folder_of(path: &Path) -> &Path {
     }
 }
 
+/// Makes `to` a hard link to `from` (a copy where the file system has no links), under a temporary
+/// name in `to`'s folder renamed into place, like every other output.
+pub fn link_duplicate(from: &Path, to: &Path, overwrite: bool) -> Result<()> {
+    if to.exists() && !overwrite {
+        return Err(Error::OutputExists {
+            path: to.to_path_buf(),
+        });
+    }
+    let dir = folder_of(to);
+    let name = to
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let temporary = dir.join(format!(".upframe-link-{name}"));
+    let _ = std::fs::remove_file(&temporary);
+    if std::fs::hard_link(from, &temporary).is_err() {
+        std::fs::copy(from, &temporary).map_err(|e| Error::io(to, e))?;
+    }
+    std::fs::rename(&temporary, to).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        Error::io(to, e)
+    })
+}
+
 /// Encodes into a temporary file beside `path` and renames it into place when complete.
 pub fn write(image: DynamicImage, path: &Path, overwrite: bool, jpeg_quality: u8) -> Result<()> {
     let format = format_of(path).ok_or_else(|| Error::UnsupportedImageType {

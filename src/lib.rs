@@ -63,6 +63,10 @@ pub struct Summary {
     pub forwards: u64,
     pub outputs: Vec<PathBuf>,
     pub video: Option<VideoSummary>,
+    /// How duplicates were found, when they were looked for.
+    pub dedup: Option<DedupSummary>,
+    /// Pictures of a folder written as a link to an earlier one's output (duplicates).
+    pub linked: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -76,8 +80,6 @@ pub struct VideoSummary {
     pub ffmpeg_errors: u64,
     /// Frames NVDEC decoded (the rest were decoded in software).
     pub hardware_frames: u64,
-    /// How duplicates were found, when they were looked for.
-    pub dedup: Option<DedupSummary>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -222,12 +224,39 @@ fn run_on<B: Backend>(
         forwards: 0,
         outputs: Vec::new(),
         video: None,
+        dedup: None,
+        linked: 0,
     };
-    for job in jobs {
+    let mut dedup = config
+        .video
+        .dedup
+        .filter(|_| jobs.len() > 1)
+        .map(|thresholds| {
+            let window = config.video.dedup_window.unwrap_or(dedup::pictures::WINDOW);
+            let found = dedup::pictures::PictureDedup::<B>::new(device, thresholds, window);
+            summary.dedup = Some(DedupSummary {
+                thresholds,
+                window,
+                features: found.features_by().to_string(),
+            });
+            found
+        });
+    for (index, job) in jobs.iter().enumerate() {
         if interrupted() {
             return Err(Error::Interrupted);
         }
         let decoded = images::read(&job.input)?;
+        let source = dedup
+            .as_mut()
+            .and_then(|d| d.source_for(index as u64, &decoded, &job.output));
+        if let Some(source) = source {
+            images::link_duplicate(&source, &job.output, config.overwrite)?;
+            summary.files += 1;
+            summary.linked += 1;
+            summary.outputs.push(job.output.clone());
+            progress.step(&job.input.display().to_string());
+            continue;
+        }
         let rgb = upscaler.upscale(&decoded.rgb, &interrupted)?;
         let alpha = decoded
             .alpha

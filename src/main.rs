@@ -98,6 +98,15 @@ fn run(cli: Cli) -> Result<(), Error> {
                     );
                     return Ok(());
                 }
+                if s.dedup.is_some() {
+                    eprintln!(
+                        "Total: {} | Unique: {} | Duplicates: {} ({:.1}%)",
+                        s.files,
+                        s.files - s.linked,
+                        s.linked,
+                        100.0 * s.linked as f64 / s.files.max(1) as f64
+                    );
+                }
                 let target = match s.outputs.as_slice() {
                     [one] => one.display().to_string(),
                     _ => config.output.display().to_string(),

@@ -34,7 +34,7 @@ pub fn write(
             "crf": config.video.encode.crf,
             "preset": config.video.encode.preset,
             "preload": config.video.preload,
-            "dedup": video.map(|v| &v.dedup),
+            "dedup": summary.dedup,
         },
         "peak_rss_mib": peak_rss_mib(),
         "timings": {
@@ -44,8 +44,8 @@ pub fn write(
         "totals": {
             "files": summary.files,
             "frames": video.map(|v| v.frames),
-            "unique": video.map(|v| v.unique),
-            "duplicates": video.map(|v| v.frames - v.unique),
+            "unique": video.map_or((summary.files - summary.linked) as u64, |v| v.unique),
+            "duplicates": video.map_or(summary.linked as u64, |v| v.frames - v.unique),
             "model_runs": summary.forwards,
             "damaged_packets": video.map(|v| v.damaged_packets),
             "ffmpeg_errors": video.map(|v| v.ffmpeg_errors),

@@ -250,8 +250,9 @@ the frames around them may be missing or show errors (UPFRAME_FFMPEG_LOG=warning
             damaged_packets: outcome.decode.damaged_packets,
             ffmpeg_errors,
             hardware_frames: outcome.decode.hardware_frames,
-            dedup: dedup_summary,
         }),
+        dedup: dedup_summary,
+        linked: 0,
     };
     if let Some(path) = &config.report {
         report::write(path, config, &summary, Some(&outcome.frames))?;

@@ -394,6 +394,79 @@ fn duplicates_in_a_frames_folder_are_links_to_their_source() {
     );
 }
 
+/// A folder of pictures (frames extracted from a video, say): a picture equal to an earlier one
+/// becomes a hard link to that one's output; a small moved square, a pan and alpha are upscaled.
+#[test]
+fn duplicate_pictures_in_a_folder_are_links_to_their_source() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Clip::new();
+    let input = dir.path("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let photo = photo();
+    let base = shot(&photo, 40, 48);
+    let picture = |name: &str, image: &RgbImage| image.save(input.join(name)).unwrap();
+    picture("0001.png", &base);
+    picture("0002.png", &base);
+    picture(
+        "0003.png",
+        &square(&base, 60, 80, 8, |_| Rgb([250, 30, 30])),
+    );
+    picture("0004.png", &shot(&photo, 44, 48));
+    picture("0005.png", &shot(&photo, 44, 48));
+    image::DynamicImage::ImageRgb8(shot(&photo, 44, 48))
+        .to_rgba8()
+        .save(input.join("0006.png"))
+        .unwrap();
+    let run = |out: &str, dedup: &str| {
+        let (folder, json) = (dir.path(out), dir.path(&format!("{out}.json")));
+        let args = [
+            p(&input),
+            "-o",
+            p(&folder),
+            "--model",
+            "bicubic",
+            "--backend",
+            "cpu",
+            "--dedup",
+            dedup,
+            "--report",
+            p(&json),
+        ];
+        let said = stderr(&run_ok(&args));
+        (folder, report(&json), said)
+    };
+    let (folder, json, said) = run("out", "normal");
+    assert!(
+        said.contains("Total: 6 | Unique: 4 | Duplicates: 2 (33.3%)"),
+        "{said}"
+    );
+    assert_eq!(json["totals"]["model_runs"], 4, "{json}");
+    assert_eq!(json["totals"]["duplicates"], 2, "{json}");
+    let inode = |folder: &Path, n: u32| {
+        std::fs::metadata(folder.join(format!("{n:04}.png")))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(inode(&folder, 2), inode(&folder, 1), "a held picture");
+    assert_eq!(inode(&folder, 5), inode(&folder, 4), "a held picture");
+    for n in [3, 4, 6] {
+        assert_ne!(
+            inode(&folder, n),
+            inode(&folder, n - 1),
+            "picture {n} differs"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&folder).unwrap().count(),
+        6,
+        "no temporary left"
+    );
+
+    let (folder, json, _) = run("off", "off");
+    assert_eq!(json["totals"]["model_runs"], 6, "{json}");
+    assert_ne!(inode(&folder, 2), inode(&folder, 1));
+}
+
 #[test]
 fn a_video_keeps_every_frame_and_timestamp_and_dedup_off_upscales_each() {
     let dir = Clip::new();

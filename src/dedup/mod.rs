@@ -7,11 +7,13 @@
 //! - `burn_path`: the same with burn's tensor ops (cpu; wgpu when the WGSL path cannot run).
 //! - `wgsl`: the same as WGSL shaders on burn's own wgpu device.
 //! - `decide`: the decision against a window of kept frames.
+//! - `pictures`: the same for a folder of images, whose duplicates become hard links.
 
 pub mod burn_path;
 pub mod cubecl_path;
 pub mod decide;
 pub mod features;
+pub mod pictures;
 pub mod wgsl;
 
 use std::any::Any;

@@ -84,21 +84,7 @@ impl FramesDir {
     /// made under a temporary name and renamed like every other picture.
     pub fn link(&mut self, index: u64, source: u64) -> Result<()> {
         let started = Instant::now();
-        let (from, to) = (self.path(source), self.path(index));
-        if to.exists() && !self.overwrite {
-            return Err(Error::OutputExists { path: to });
-        }
-        let temporary = self
-            .dir
-            .join(format!(".upframe-link-{index}.{}", self.extension));
-        let _ = std::fs::remove_file(&temporary);
-        if std::fs::hard_link(&from, &temporary).is_err() {
-            std::fs::copy(&from, &temporary).map_err(|e| Error::io(&to, e))?;
-        }
-        std::fs::rename(&temporary, &to).map_err(|e| {
-            let _ = std::fs::remove_file(&temporary);
-            Error::io(&to, e)
-        })?;
+        images::link_duplicate(&self.path(source), &self.path(index), self.overwrite)?;
         self.written += 1;
         self.linked += 1;
         self.busy += started.elapsed();
