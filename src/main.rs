@@ -72,14 +72,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 let secs = s.elapsed.as_secs_f64();
                 if let Some(v) = &s.video {
                     let p = &v.phases;
-                    let duplicates = v.frames - v.unique;
-                    eprintln!(
-                        "Total: {} | Unique: {} | Duplicates: {} ({:.1}%)",
-                        v.frames,
-                        v.unique,
-                        duplicates,
-                        100.0 * duplicates as f64 / v.frames.max(1) as f64
-                    );
+                    print_totals(v.frames, v.unique);
                     eprintln!(
                         "Done: {} frames | {:.2} s | {:.2} fps | decode {:.1} s, dedup {:.1} s, upscale {:.1} s, save {:.1} s | {} x{} on {} [{}, {}] -> {}",
                         v.frames,
@@ -99,13 +92,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     return Ok(());
                 }
                 if s.dedup.is_some() {
-                    eprintln!(
-                        "Total: {} | Unique: {} | Duplicates: {} ({:.1}%)",
-                        s.files,
-                        s.files - s.linked,
-                        s.linked,
-                        100.0 * s.linked as f64 / s.files.max(1) as f64
-                    );
+                    print_totals(s.files as u64, (s.files - s.linked) as u64);
                 }
                 let target = match s.outputs.as_slice() {
                     [one] => one.display().to_string(),
@@ -127,6 +114,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// The duplicate-frame totals line of the summary, for videos and folders alike.
+fn print_totals(total: u64, unique: u64) {
+    let duplicates = total - unique;
+    eprintln!(
+        "Total: {total} | Unique: {unique} | Duplicates: {duplicates} ({:.1}%)",
+        100.0 * duplicates as f64 / total.max(1) as f64
+    );
 }
 
 fn bench(args: BenchArgs) -> Result<(), Error> {

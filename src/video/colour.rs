@@ -204,8 +204,8 @@ unsafe fn scale_frame(
 /// Frees nothing: the frame only borrows its data (see `borrowed_frame`).
 unsafe extern "C" fn borrowed(_opaque: *mut std::ffi::c_void, _data: *mut u8) {}
 
-/// A one-plane frame over `data` (`height` rows of `stride` bytes) without copying it; the frame
-/// API takes references, and this buffer's release does nothing.
+/// A one-plane frame over `data` (`height` equal rows, packed) without copying it; the frame API
+/// takes references, and this buffer's release does nothing.
 ///
 /// # Safety
 /// The frame must be dropped before `data` is.
