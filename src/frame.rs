@@ -5,11 +5,14 @@ use ffmpeg_next::Packet;
 
 use crate::dedup::features::Packed;
 use crate::upscale::{Planar, Rgb8};
+use crate::video::device_frames::DevicePicture;
 
-/// A decoded picture (planar, 0..1) or an upscaled one (packed 8-bit, or planar for deep output).
+/// A decoded picture (planar, 0..1, on the host or, from NVDEC, on the GPU) or an upscaled one
+/// (packed 8-bit, or planar for deep output).
 pub enum Picture {
     Planar(Planar),
     Rgb8(Rgb8),
+    Device(DevicePicture),
 }
 
 impl Picture {
@@ -17,6 +20,7 @@ impl Picture {
         match self {
             Picture::Planar(p) => (p.width, p.height),
             Picture::Rgb8(p) => (p.width, p.height),
+            Picture::Device(p) => (p.width, p.height),
         }
     }
 }

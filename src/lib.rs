@@ -80,6 +80,8 @@ pub struct VideoSummary {
     pub ffmpeg_errors: u64,
     /// Frames NVDEC decoded (the rest were decoded in software).
     pub hardware_frames: u64,
+    /// Of those, the frames converted to RGB on the GPU, never copied to the host.
+    pub converted_on_device: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -209,16 +209,20 @@ fn dedup_phase<B: Backend>(
         let message = match message {
             Message::Frame(mut frame) => {
                 let started = Instant::now();
-                let packed = match (frame.packed.take(), &frame.picture) {
-                    (Some(packed), _) => packed,
-                    (None, Some(Picture::Planar(picture))) => Packed::from_planar(picture),
-                    _ => unreachable!("the decoder sends planar pictures"),
-                };
-                let features = catch_unwind(AssertUnwindSafe(|| dedup.detector.features(&packed)))
-                    .map_err(|payload| Error::Device {
-                        context: "finding duplicate frames".into(),
-                        reason: crate::panic_message(&payload),
-                    })?;
+                let detector = &mut dedup.detector;
+                let packed = frame.packed.take();
+                let features = catch_unwind(AssertUnwindSafe(|| match (packed, &frame.picture) {
+                    (Some(packed), _) => detector.features(&packed),
+                    (None, Some(Picture::Planar(picture))) => {
+                        detector.features(&Packed::from_planar(picture))
+                    }
+                    (None, Some(Picture::Device(picture))) => detector.features_on_device(picture),
+                    _ => unreachable!("the decoder sends decoded pictures"),
+                }))
+                .map_err(|payload| Error::Device {
+                    context: "finding duplicate frames".into(),
+                    reason: crate::panic_message(&payload),
+                })?;
                 let decision = dedup.decider.decide(frame.index, features);
                 if decision.source != frame.index {
                     frame.picture = None;
@@ -286,6 +290,12 @@ fn upscale_phase<B: Backend>(
                     Some(Picture::Planar(decoded)) => {
                         Some(Picture::Planar(upscaler.upscale(decoded, interrupted)?))
                     }
+                    Some(Picture::Device(decoded)) if rgb8 => Some(Picture::Rgb8(
+                        upscaler.upscale_device(decoded, interrupted)?,
+                    )),
+                    Some(Picture::Device(decoded)) => Some(Picture::Planar(
+                        upscaler.upscale_device(decoded, interrupted)?,
+                    )),
                     Some(Picture::Rgb8(_)) => unreachable!("the decoder sends planar pictures"),
                 };
                 busy += started.elapsed();

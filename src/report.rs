@@ -50,6 +50,7 @@ pub fn write(
             "damaged_packets": video.map(|v| v.damaged_packets),
             "ffmpeg_errors": video.map(|v| v.ffmpeg_errors),
             "hardware_decoded_frames": video.map(|v| v.hardware_frames),
+            "gpu_converted_frames": video.map(|v| v.converted_on_device),
         },
         "frames": frames.unwrap_or(&[]),
     });

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, Fused, FusedOutput, Kernels};
 use crate::model::forward::{Network, Precision};
 use crate::model::Model;
+use crate::video::device_frames::DevicePicture;
 
 /// Channels × height × width, values nominally in 0..1.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,13 +309,71 @@ impl<B: Backend> Upscaler<B> {
         self.upscale_as(image, interrupted)
     }
 
+    /// Whether pictures decoded on the GPU (`video::device_frames`) can stay there: our kernels
+    /// run on burn's CUDA client, and a `width` x `height` picture needs no tiles.
+    pub fn takes_device_pictures(&self, width: usize, height: usize) -> bool {
+        let pad = self.pad_for(width, height);
+        self.fused.as_ref().is_some_and(|f| f.on_cuda())
+            && tiles(width + 2 * pad, height + 2 * pad, self.tile).len() == 1
+    }
+
+    fn pad_for(&self, width: usize, height: usize) -> usize {
+        self.edge_pad.min(width - 1).min(height - 1)
+    }
+
+    /// Upscales a picture decoded on the GPU: there, when `takes_device_pictures`, else through
+    /// the host like any other (a device out-of-memory also retries there, in tiles).
+    pub fn upscale_device<O: TileOutput>(
+        &mut self,
+        picture: &DevicePicture,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<O> {
+        let (w, h) = (picture.width, picture.height);
+        if self.takes_device_pictures(w, h) {
+            let fused = self
+                .fused
+                .as_ref()
+                .expect("takes_device_pictures checked it");
+            let (pad, s) = (self.pad_for(w, h), self.scale);
+            let keep = (pad * s, pad * s, w * s, h * s);
+            let t0 = std::time::Instant::now();
+            let attempt = catch_unwind(AssertUnwindSafe(|| {
+                fused.run_on_device(&picture.planes, w, h, pad, keep, O::PACKED)
+            }));
+            self.profile.readback_s += t0.elapsed().as_secs_f64();
+            let failure = match attempt {
+                Ok(Ok(out)) => {
+                    self.forwards += 1;
+                    return O::from_fused(out, w * s, h * s).map_err(|reason| Error::Device {
+                        context: format!("running the model on a {w}x{h} image"),
+                        reason,
+                    });
+                }
+                Ok(Err(reason)) => reason,
+                Err(payload) => crate::panic_message(&payload),
+            };
+            if !is_out_of_memory(&failure) {
+                return Err(Error::Device {
+                    context: format!("running the model on a {w}x{h} image"),
+                    reason: failure,
+                });
+            }
+            log::warn!("out of device memory on a whole frame ({failure}); retrying in tiles");
+        }
+        let planar = picture.to_planar().map_err(|reason| Error::Device {
+            context: "reading a decoded frame".into(),
+            reason,
+        })?;
+        self.upscale_as(&planar, interrupted)
+    }
+
     fn upscale_as<O: TileOutput>(
         &mut self,
         image: &Planar,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<O> {
         let started = std::time::Instant::now();
-        let pad = self.edge_pad.min(image.width - 1).min(image.height - 1);
+        let pad = self.pad_for(image.width, image.height);
         let padded = reflect_pad(image, pad);
         self.profile.host_s += started.elapsed().as_secs_f64();
         let s = self.scale;
@@ -467,7 +526,7 @@ fn is_out_of_memory(message: &str) -> bool {
 }
 
 /// Mirrors `pad` pixels around the image, the edge pixel itself not repeated (numpy's 'reflect').
-fn reflect_pad(image: &Planar, pad: usize) -> Planar {
+pub fn reflect_pad(image: &Planar, pad: usize) -> Planar {
     if pad == 0 {
         return image.clone();
     }

@@ -1,7 +1,10 @@
 //! One video run: check the paths, open the input, set up the save phase (a video or a frames
 //! folder) and the upscaler, run the pipeline, and sum it up.
 
+use std::any::Any;
 use std::time::{Duration, Instant};
+
+use burn::backend::cuda::CudaDevice;
 
 use burn::backend::wgpu::WgpuSetup;
 use burn::tensor::backend::Backend;
@@ -17,6 +20,7 @@ use crate::progress::Progress;
 use crate::upscale::Upscaler;
 use crate::video::colour;
 use crate::video::decode::{self, HwDecode};
+use crate::video::device_frames::DeviceFrames;
 use crate::video::encode::{self, Sink};
 use crate::video::frames_dir::FramesDir;
 use crate::{memory_budget, report, resolve_precision_for, DedupSummary, Summary, VideoSummary};
@@ -64,6 +68,34 @@ pub fn check_paths(config: &Config) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// NVDEC frames stay on the GPU where every upscaler takes them there (our kernels on cuda, no
+/// tiles); UPFRAME_NVDEC_ON_HOST=1 sends them through the host instead, for comparisons.
+fn device_frames<B: Backend>(
+    device: &B::Device,
+    upscalers: &[Upscaler<B>],
+    width: u32,
+    height: u32,
+) -> Option<DeviceFrames> {
+    let (w, h) = (width as usize, height as usize);
+    if std::env::var_os("UPFRAME_NVDEC_ON_HOST").is_some()
+        || !upscalers.iter().all(|u| u.takes_device_pictures(w, h))
+    {
+        log::info!("NVDEC frames are converted to RGB on the host");
+        return None;
+    }
+    let device: &dyn Any = device;
+    match DeviceFrames::new(device.downcast_ref::<CudaDevice>()?) {
+        Ok(frames) => {
+            log::info!("NVDEC frames are converted to RGB on the GPU");
+            Some(frames)
+        }
+        Err(reason) => {
+            log::warn!("{reason}; NVDEC frames are converted on the host");
+            None
+        }
+    }
 }
 
 pub fn run<B: Backend>(
@@ -152,6 +184,9 @@ pub fn run<B: Backend>(
             )
         })
         .collect();
+    if v.decoder == "nvdec" {
+        source.device_frames = device_frames(device, &upscalers, v.width, v.height);
+    }
     log::info!(
         "model {} x{} in {} on {}, tiles up to {} px, {workers} upscale thread(s)",
         model.name,
@@ -250,6 +285,7 @@ the frames around them may be missing or show errors (UPFRAME_FFMPEG_LOG=warning
             damaged_packets: outcome.decode.damaged_packets,
             ffmpeg_errors,
             hardware_frames: outcome.decode.hardware_frames,
+            converted_on_device: outcome.decode.converted_on_device,
         }),
         dedup: dedup_summary,
         linked: 0,

@@ -570,3 +570,274 @@ fn cuda_dedup_features_match_the_definition() {
         );
     }
 }
+
+/// A 4:2:0 frame in `format` (NV12 or P010): luma with texture, chroma in gentle slopes, as
+/// decoders hand them out.
+fn yuv420_frame(format: ffmpeg_next::format::Pixel, w: u32, h: u32) -> ffmpeg_next::frame::Video {
+    let mut frame = ffmpeg_next::frame::Video::new(format, w, h);
+    let wide = format != ffmpeg_next::format::Pixel::NV12;
+    let put = |frame: &mut ffmpeg_next::frame::Video, plane: usize, x: usize, y: usize, v: u32| {
+        let stride = frame.stride(plane);
+        let data = frame.data_mut(plane);
+        if wide {
+            let sample = ((v << 2) << 6) as u16; // 8-bit value as 10 bits, in P010's high bits
+            data[y * stride + 2 * x..][..2].copy_from_slice(&sample.to_le_bytes());
+        } else {
+            data[y * stride + x] = v as u8;
+        }
+    };
+    for y in 0..h as usize {
+        for x in 0..w as usize {
+            let texture = ((x * 7 + y * 13) % 23) as u32;
+            put(
+                &mut frame,
+                0,
+                x,
+                y,
+                30 + (x * 4 + y * 2) as u32 % 160 + texture,
+            );
+        }
+    }
+    for y in 0..h.div_ceil(2) as usize {
+        for x in 0..w.div_ceil(2) as usize {
+            put(&mut frame, 1, 2 * x, y, 90 + (2 * x + y) as u32);
+            put(&mut frame, 1, 2 * x + 1, y, 160 - (x + 2 * y) as u32);
+        }
+    }
+    frame
+}
+
+/// The definition, in f64: 4:2:0 samples at their siting, chroma interpolated bilinearly, the
+/// matrix of `yuv`, clamped; what swscale and the GPU kernel are each compared with.
+fn reference_rgb(
+    frame: &ffmpeg_next::frame::Video,
+    yuv: &upframe::kernels::picture::YuvToRgb,
+    wide: bool,
+    shift: u32,
+) -> Planar {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let sample = |plane: usize, x: usize, y: usize| -> f64 {
+        let row = &frame.data(plane)[y * frame.stride(plane)..];
+        let v = if wide {
+            u16::from_le_bytes([row[2 * x], row[2 * x + 1]]) as u32
+        } else {
+            row[x] as u32
+        };
+        (v >> shift) as f64
+    };
+    let unit = (1u32 << (yuv.depth - 8)) as f64;
+    let max = ((1u64 << yuv.depth) - 1) as f64;
+    let (y0, ys, c0, cs) = if yuv.full_range {
+        (0.0, 1.0 / max, 128.0 * unit, 1.0 / max)
+    } else {
+        (
+            16.0 * unit,
+            1.0 / (219.0 * unit),
+            128.0 * unit,
+            1.0 / (224.0 * unit),
+        )
+    };
+    let (kr, kb) = (yuv.kr as f64, yuv.kb as f64);
+    let kg = 1.0 - kr - kb;
+    let (cw, ch) = (w.div_ceil(2) as isize, h.div_ceil(2) as isize);
+    let clamp = |i: isize, n: isize| i.clamp(0, n - 1) as usize;
+    let mut out = Planar::new(3, w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let u = (x as f64 - yuv.siting.0 as f64) / 2.0;
+            let v = (y as f64 - yuv.siting.1 as f64) / 2.0;
+            let (fx, fy) = (u - u.floor(), v - v.floor());
+            let (i, j) = (u.floor() as isize, v.floor() as isize);
+            let chroma = |c: usize| {
+                let at = |i: isize, j: isize| sample(1, 2 * clamp(i, cw) + c, clamp(j, ch));
+                let top = at(i, j) * (1.0 - fx) + at(i + 1, j) * fx;
+                let bottom = at(i, j + 1) * (1.0 - fx) + at(i + 1, j + 1) * fx;
+                (top * (1.0 - fy) + bottom * fy - c0) * cs
+            };
+            let (luma, pb, pr) = ((sample(0, x, y) - y0) * ys, chroma(0), chroma(1));
+            let rgb = [
+                luma + 2.0 * (1.0 - kr) * pr,
+                luma - 2.0 * kb * (1.0 - kb) / kg * pb - 2.0 * kr * (1.0 - kr) / kg * pr,
+                luma + 2.0 * (1.0 - kb) * pb,
+            ];
+            for c in 0..3 {
+                out.data[(c * h + y) * w + x] = rgb[c].clamp(0.0, 1.0) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// The GPU conversion of decoded 4:2:0 frames (`kernels::picture`, what NVDEC frames take on
+/// cuda) computes the definition (`reference_rgb`) within rounding, and stays close to swscale's
+/// on the host (which sites and filters chroma its own way); the 8-bit packing for duplicate detection equals the
+/// host's packing of the same planes, and the mirror padding equals the host's.
+fn assert_gpu_colour_matches_swscale<R: cubecl::Runtime>(
+    client: &cubecl::prelude::ComputeClient<R>,
+    name: &str,
+) {
+    use cubecl::CubeElement;
+    use ffmpeg_next::format::Pixel;
+    use ffmpeg_next::util::chroma::Location;
+    use ffmpeg_next::util::color::Space;
+    use upframe::dedup::features::Packed;
+    use upframe::kernels::picture;
+    use upframe::video::colour::{Colour, ToRgb};
+    use upframe::video::device_frames;
+
+    upframe::video::init();
+    let read =
+        |handle: cubecl::server::Handle| -> Vec<u8> { client.read_one(handle).unwrap().to_vec() };
+    for format in [Pixel::NV12, Pixel::P010LE] {
+        for (matrix, full_range) in [
+            (Space::BT709, false),
+            (Space::BT470BG, true),
+            (Space::BT2020NCL, false),
+        ] {
+            let (w, h) = (37, 23);
+            let frame = yuv420_frame(format, w, h);
+            let colour = Colour { matrix, full_range };
+            let (host, _) = ToRgb::new().convert(&frame, colour, false).unwrap();
+            let (wide, shift, yuv) =
+                device_frames::conversion(format, colour, Location::Left).unwrap();
+            let surface =
+                client.create_from_slice(u32::as_bytes(&device_frames::host_surface(&frame)));
+            let layout = device_frames::host_layout(&frame, wide, shift);
+            let planes = picture::to_planes(client, &surface, &layout, &yuv);
+            let gpu = Planar {
+                channels: 3,
+                width: w as usize,
+                height: h as usize,
+                data: bytemuck::pod_collect_to_vec(&read(planes.clone())),
+            };
+            let reference = reference_rgb(&frame, &yuv, wide, shift);
+            let (rmax, rmean) = diff(&gpu, &reference);
+            let (smax, smean) = diff(&host, &reference);
+            let (max, mean) = diff(&gpu, &host);
+            eprintln!("{name} {format:?} {matrix:?} full={full_range}: vs swscale max {max:.2}, mean {mean:.3}; vs definition {rmax:.2} {rmean:.3}; swscale vs definition {smax:.2} {smean:.3} 8-bit steps");
+            assert!(
+                rmax <= 1.0 && rmean <= 0.3,
+                "{name} {format:?} {matrix:?}: off the definition by {rmax} at most, {rmean} on average"
+            );
+            // swscale sites chroma its own way (0.65 steps off the definition on average here).
+            assert!(
+                max <= 4.0 && mean <= 1.0,
+                "{name} {format:?} {matrix:?}: off swscale by {max} at most, {mean} on average"
+            );
+
+            let mut expected = Packed::new(w as usize, h as usize);
+            let samples = |v: f32| -> u8 {
+                if yuv.deep_output {
+                    (((v * 65535.0 + 0.5) as u32 * 255 + 32767) / 65535) as u8
+                } else {
+                    (v * 255.0 + 0.5) as u8
+                }
+            };
+            for c in 0..3 {
+                for y in 0..h as usize {
+                    let row: Vec<u8> = gpu.data[(c * h as usize + y) * w as usize..][..w as usize]
+                        .iter()
+                        .map(|&v| samples(v))
+                        .collect();
+                    expected.set_row(c, y, &row);
+                }
+            }
+            let packed = picture::pack(
+                client,
+                &planes,
+                w as usize,
+                h as usize,
+                expected.words_per_row,
+                expected.rows,
+                yuv.deep_output,
+            );
+            let packed: Vec<u32> = bytemuck::pod_collect_to_vec(&read(packed));
+            assert_eq!(packed, expected.words, "{name} {format:?}: 8-bit packing");
+
+            let padded = picture::pad(client, &planes, w as usize, h as usize, EDGE_PAD);
+            let padded: Vec<f32> = bytemuck::pod_collect_to_vec(&read(padded));
+            assert_eq!(
+                padded,
+                upframe::upscale::reflect_pad(&gpu, EDGE_PAD).data,
+                "{name}: padding"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_colour_conversion_matches_swscale_on_wgpu() {
+    let Some((device, info)) = wgpu() else {
+        return;
+    };
+    let client = <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(&device);
+    assert_gpu_colour_matches_swscale(&client, &info.name);
+}
+
+/// On an NVIDIA GPU: the conversion kernels, then real NVDEC frames of the sample clip, converted
+/// on the GPU from their surfaces, against the same frames downloaded and converted by swscale.
+#[test]
+fn cuda_nvdec_frames_converted_on_the_gpu_match_the_host() {
+    use upframe::frame::{Message, Picture};
+    use upframe::video::decode::{self, DecodeStats, HwDecode};
+    use upframe::video::device_frames::DeviceFrames;
+    let Some(Selected::Cuda(device, info)) = selected(BackendKind::Cuda) else {
+        return;
+    };
+    let client = <cubecl::cuda::CudaRuntime as cubecl::Runtime>::client(&device);
+    assert_gpu_colour_matches_swscale(&client, &info.name);
+
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/bikes.mkv");
+    let decode = |on_gpu: bool| -> (Vec<Planar>, DecodeStats) {
+        let mut source = decode::open(
+            &clip,
+            HwDecode::Cuda {
+                device: device.index,
+            },
+        )
+        .unwrap();
+        source.pack = true;
+        if on_gpu {
+            source.device_frames = Some(DeviceFrames::new(&device).unwrap());
+        }
+        let mut pictures = Vec::new();
+        let stats = source
+            .run(&[], &|| false, |message| {
+                if let Message::Frame(frame) = message {
+                    pictures.push(match frame.picture {
+                        Some(Picture::Planar(p)) => p,
+                        Some(Picture::Device(d)) => {
+                            assert!(d.packed.is_some(), "packed for duplicate detection");
+                            d.to_planar().unwrap()
+                        }
+                        _ => unreachable!(),
+                    });
+                }
+                true
+            })
+            .unwrap();
+        (pictures, stats)
+    };
+    let (gpu, stats) = decode(true);
+    if stats.hardware_frames == 0 {
+        eprintln!("skipped: NVDEC decoded nothing on {}", info.name);
+        return;
+    }
+    assert_eq!(
+        stats.converted_on_device, stats.frames,
+        "every frame converted on the GPU"
+    );
+    let (host, _) = decode(false);
+    assert_eq!(gpu.len(), host.len());
+    let (mut worst, mut mean) = (0.0f32, 0.0f32);
+    for (a, b) in gpu.iter().zip(&host) {
+        let (max, m) = diff(a, b);
+        worst = worst.max(max);
+        mean += m / gpu.len() as f32;
+    }
+    eprintln!(
+        "{}: NVDEC frames on the GPU vs the host: max {worst:.2}, mean {mean:.3} 8-bit steps",
+        info.name
+    );
+    assert!(worst <= 24.0 && mean <= 1.0, "max {worst}, mean {mean}");
+}

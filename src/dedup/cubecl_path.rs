@@ -3,6 +3,7 @@
 //! about thirty launches and their own read-backs for the same numbers.
 
 use cubecl::prelude::*;
+use cubecl::server::Handle;
 use cubecl::{calculate_cube_count_elemwise, CubeElement};
 
 use super::features::{hash_from_chunks, Features, Packed};
@@ -78,9 +79,25 @@ fn hash(cells: &mut Array<u32>, pairs_per_row: u32, cell_rows: u32, chunks_at: u
 
 /// Computes a frame's features on `client`'s device.
 pub fn features<R: Runtime>(client: &ComputeClient<R>, frame: &Packed) -> Features {
+    let input = client.create_from_slice(u32::as_bytes(&frame.words));
+    features_of_words(client, input, frame.words_per_row, frame.rows)
+}
+
+/// As `features`, from `Packed`'s words already on the device (`words_per_row` x `rows` per
+/// plane), as `video::device_frames` leaves them.
+pub fn features_of_words<R: Runtime>(
+    client: &ComputeClient<R>,
+    input: Handle,
+    words_per_row: usize,
+    rows: usize,
+) -> Features {
+    let frame = Packed {
+        words: Vec::new(),
+        words_per_row,
+        rows,
+    };
     let (wq, ch) = (frame.words_per_row, frame.cell_rows());
     let count = 3 * ch * wq;
-    let input = client.create_from_slice(u32::as_bytes(&frame.words));
     let output = client.empty((count + 4) * size_of::<u32>());
     let cube = CubeDim::new_1d(256);
     // Safety: the lengths are those of the buffers just created; each kernel bounds its indices.
@@ -89,7 +106,7 @@ pub fn features<R: Runtime>(client: &ComputeClient<R>, frame: &Packed) -> Featur
             client,
             calculate_cube_count_elemwise(client, count, cube),
             cube,
-            ArrayArg::from_raw_parts(input, frame.words.len()),
+            ArrayArg::from_raw_parts(input, 3 * rows * wq),
             ArrayArg::from_raw_parts(output.clone(), count + 4),
             wq as u32,
             frame.rows as u32,

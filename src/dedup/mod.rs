@@ -28,6 +28,8 @@ pub use decide::{Decision, Deduplicator, Thresholds};
 use features::{Features, Packed};
 use wgsl::WgslFeatures;
 
+use crate::video::device_frames::DevicePicture;
+
 /// `--dedup`: how alike two frames must be to be one picture. Tuned on x264-encoded animation
 /// (tests/dedup.rs): held frames differed by up to 8 levels in a 2x2 cell (a dark fade after a
 /// keyframe), while the faintest real change there, an 8x8 square 24 levels above its background
@@ -92,6 +94,28 @@ where
             (_, Some(_)) => "CubeCL kernels",
             _ => "burn tensor ops",
         }
+    }
+
+    /// The features of a picture decoded on the CUDA device, computed there; read back to the
+    /// host for another backend (which never receives such pictures in practice).
+    pub fn features_on_device(&mut self, picture: &DevicePicture) -> Features {
+        let (words_per_row, rows) = picture.packed_layout();
+        let words = picture
+            .packed
+            .clone()
+            .expect("device pictures are packed when duplicates are looked for");
+        if let Some(client) = &self.cuda {
+            return cubecl_path::features_of_words(client, words, words_per_row, rows);
+        }
+        let bytes = picture
+            .client
+            .read_one(words)
+            .expect("reading a packed frame back from the device");
+        self.features(&Packed {
+            words: bytemuck::pod_collect_to_vec(&bytes),
+            words_per_row,
+            rows,
+        })
     }
 
     pub fn features(&mut self, frame: &Packed) -> Features {

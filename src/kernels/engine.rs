@@ -9,6 +9,7 @@ use half::f16;
 use std::time::{Duration, Instant};
 
 use super::conv::{self, TileShape, TILE_X};
+use super::picture;
 use super::srvgg::Srvgg;
 use super::{Fused, FusedOutput, Keep};
 use crate::model::forward::Precision;
@@ -151,14 +152,13 @@ impl<R: Runtime> Engine<R> {
 
     fn run_as<F: Float + CubeElement>(
         &self,
-        planes: &[f32],
+        input: &Handle,
         width: usize,
         height: usize,
         keep: Keep,
         packed: bool,
     ) -> Result<FusedOutput, String> {
-        let input = self.client.create_from_slice(f32::as_bytes(planes));
-        let output = self.forward::<F>(&input, width, height, keep, packed);
+        let output = self.forward::<F>(input, width, height, keep, packed);
         let bytes = self
             .client
             .read_one(output)
@@ -168,6 +168,20 @@ impl<R: Runtime> Engine<R> {
         } else {
             FusedOutput::Planes(bytemuck::pod_collect_to_vec(&bytes))
         })
+    }
+
+    fn run_handle(
+        &self,
+        input: &Handle,
+        width: usize,
+        height: usize,
+        keep: Keep,
+        packed: bool,
+    ) -> Result<FusedOutput, String> {
+        match self.precision {
+            Precision::F16 => self.run_as::<f16>(input, width, height, keep, packed),
+            Precision::F32 => self.run_as::<f32>(input, width, height, keep, packed),
+        }
     }
 
     fn time_as<F: Float + CubeElement>(
@@ -332,10 +346,28 @@ impl<R: Runtime> Fused for Engine<R> {
         keep: Keep,
         packed: bool,
     ) -> Result<FusedOutput, String> {
-        match self.precision {
-            Precision::F16 => self.run_as::<f16>(planes, width, height, keep, packed),
-            Precision::F32 => self.run_as::<f32>(planes, width, height, keep, packed),
-        }
+        let input = self.client.create_from_slice(f32::as_bytes(planes));
+        self.run_handle(&input, width, height, keep, packed)
+    }
+
+    fn on_cuda(&self) -> bool {
+        std::any::TypeId::of::<R>() == std::any::TypeId::of::<cubecl::cuda::CudaRuntime>()
+    }
+
+    fn run_on_device(
+        &self,
+        planes: &Handle,
+        width: usize,
+        height: usize,
+        pad: usize,
+        keep: Keep,
+        packed: bool,
+    ) -> Result<FusedOutput, String> {
+        let input = match pad {
+            0 => planes.clone(),
+            _ => picture::pad(&self.client, planes, width, height, pad),
+        };
+        self.run_handle(&input, width + 2 * pad, height + 2 * pad, keep, packed)
     }
 
     /// Model-only timings: the input stays on the device, each forward ends with a device sync.

@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod engine;
+pub mod picture;
 pub mod srvgg;
 
 use std::any::Any;
@@ -42,6 +43,21 @@ pub trait Fused: Send {
         planes: &[f32],
         width: usize,
         height: usize,
+        keep: Keep,
+        packed: bool,
+    ) -> Result<FusedOutput, String>;
+    /// Whether `run_on_device` takes buffers of burn's CUDA client (those `video::device_frames`
+    /// fills from NVDEC).
+    fn on_cuda(&self) -> bool;
+    /// As `run`, from three f32 planes already on this engine's device, mirrored `pad` pixels
+    /// out on every side first (`keep` is in the padded picture's upscaled pixels).
+    #[allow(clippy::too_many_arguments)]
+    fn run_on_device(
+        &self,
+        planes: &cubecl::server::Handle,
+        width: usize,
+        height: usize,
+        pad: usize,
         keep: Keep,
         packed: bool,
     ) -> Result<FusedOutput, String>;
@@ -178,13 +194,26 @@ mod tests {
         fn run(
             &self,
             _: &[f32],
-            w: usize,
-            h: usize,
+            _: usize,
+            _: usize,
             keep: Keep,
             _: bool,
         ) -> Result<FusedOutput, String> {
-            let _ = (w, h);
             Ok(FusedOutput::Planes(vec![0.0; 3 * keep.2 * keep.3]))
+        }
+        fn on_cuda(&self) -> bool {
+            false
+        }
+        fn run_on_device(
+            &self,
+            _: &cubecl::server::Handle,
+            _: usize,
+            _: usize,
+            _: usize,
+            _: Keep,
+            _: bool,
+        ) -> Result<FusedOutput, String> {
+            Err("no device".into())
         }
         fn describe(&self) -> String {
             "unwritten".into()

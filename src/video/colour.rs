@@ -5,6 +5,7 @@ use std::ptr;
 
 use ffmpeg_next::ffi;
 use ffmpeg_next::format::Pixel;
+use ffmpeg_next::util::chroma::Location;
 use ffmpeg_next::util::color::{Range, Space};
 use ffmpeg_next::util::frame;
 
@@ -73,6 +74,19 @@ pub fn bit_depth(format: Pixel) -> u32 {
 /// (log2 horizontal, log2 vertical) chroma subsampling: (1, 1) for 4:2:0.
 pub fn chroma_shift(format: Pixel) -> (u8, u8) {
     descriptor(format).map_or((1, 1), |d| (d.log2_chroma_w, d.log2_chroma_h))
+}
+
+/// Where chroma sample 0 sits, in luma pixels across and down; unspecified is MPEG-2's "left",
+/// as in H.264 and HEVC. (swscale keeps its own default, which tests/backends.rs measures.)
+pub fn siting(location: Location) -> (f32, f32) {
+    match location {
+        Location::Center => (0.5, 0.5),
+        Location::TopLeft => (0.0, 0.0),
+        Location::Top => (0.5, 0.0),
+        Location::BottomLeft => (0.0, 1.0),
+        Location::Bottom => (0.5, 1.0),
+        Location::Left | Location::Unspecified => (0.0, 0.5),
+    }
 }
 
 /// A swscale context for one (format, size, colour) pair in each direction, rebuilt only when the
@@ -320,6 +334,7 @@ impl FromRgb {
         match picture {
             Picture::Planar(p) => self.convert_planar(p, format, colour),
             Picture::Rgb8(p) => self.convert_rgb8(p, format, colour),
+            Picture::Device(p) => self.convert_planar(&p.to_planar()?, format, colour),
         }
     }
 

@@ -14,7 +14,9 @@ use ffmpeg_next::util::frame;
 use ffmpeg_next::{ffi, media, Packet, Rational};
 
 use super::colour::{Colour, ToRgb};
+use super::device_frames::DeviceFrames;
 use super::hwdec;
+use crate::dedup::features::Packed;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Message, Picture};
 
@@ -56,6 +58,8 @@ pub struct Source {
     pub info: VideoInfo,
     /// Also send each frame packed in 8 bits, for duplicate detection.
     pub pack: bool,
+    /// Converts NVDEC frames on the GPU, where the upscaler can take them there.
+    pub device_frames: Option<DeviceFrames>,
     decoder: ffmpeg_next::decoder::Video,
 }
 
@@ -67,6 +71,8 @@ pub struct DecodeStats {
     pub busy: Duration,
     /// Frames that arrived as CUDA surfaces.
     pub hardware_frames: u64,
+    /// Of those, the ones converted to RGB on the GPU (the others went through the host).
+    pub converted_on_device: u64,
 }
 
 fn input_error(path: &Path, reason: impl Into<String>) -> Error {
@@ -183,6 +189,7 @@ pub fn open(path: &Path, hwdec: HwDecode) -> Result<Source> {
     Ok(Source {
         path: path.to_path_buf(),
         pack: false,
+        device_frames: None,
         input,
         info,
         decoder,
@@ -199,6 +206,7 @@ impl Source {
         mut emit: impl FnMut(Message) -> bool,
     ) -> Result<DecodeStats> {
         let mut state = DecodeState::new(self.info.clone(), self.path.clone(), self.pack);
+        state.device = self.device_frames.take();
         let mut read_failures = 0;
         loop {
             if interrupted() {
@@ -249,6 +257,7 @@ struct DecodeState {
     info: VideoInfo,
     path: PathBuf,
     rgb: ToRgb,
+    device: Option<DeviceFrames>,
     pack: bool,
     held: Option<Frame>,
     passthrough: Vec<Packet>,
@@ -267,6 +276,7 @@ impl DecodeState {
             info,
             path,
             rgb: ToRgb::new(),
+            device: None,
             pack,
             held: None,
             passthrough: Vec::new(),
@@ -312,25 +322,14 @@ impl DecodeState {
                     return Ok(true);
                 }
             }
-            let downloaded;
-            let host = if hwdec::is_hardware_frame(&decoded) {
-                self.stats.hardware_frames += 1;
-                downloaded = hwdec::download(&decoded).map_err(|reason| self.fatal(reason))?;
-                &downloaded
-            } else {
-                &decoded
-            };
-            let (picture, packed) = self
-                .rgb
-                .convert(host, self.info.colour, self.pack)
-                .map_err(|reason| self.fatal(reason))?;
+            let (picture, packed) = self.picture(&decoded)?;
             let (pts, duration) = self.timestamp(&decoded);
             let frame = Frame {
                 index: self.stats.frames,
                 pts,
                 duration,
                 source: self.stats.frames,
-                picture: Some(Picture::Planar(picture)),
+                picture: Some(picture),
                 packed,
                 released: Vec::new(),
                 passthrough: Vec::new(),
@@ -347,6 +346,37 @@ impl DecodeState {
                 }
             }
         }
+    }
+
+    /// The frame as RGB planes: on the GPU when it was decoded there and can stay, else on the
+    /// host (with its 8-bit packing, when asked for).
+    fn picture(&mut self, decoded: &frame::Video) -> Result<(Picture, Option<Packed>)> {
+        if !hwdec::is_hardware_frame(decoded) {
+            let (planar, packed) = self
+                .rgb
+                .convert(decoded, self.info.colour, self.pack)
+                .map_err(|reason| self.fatal(reason))?;
+            return Ok((Picture::Planar(planar), packed));
+        }
+        self.stats.hardware_frames += 1;
+        if let Some(device) = &mut self.device {
+            match device.convert(decoded, self.info.colour, self.pack) {
+                Ok(picture) => {
+                    self.stats.converted_on_device += 1;
+                    return Ok((Picture::Device(picture), None));
+                }
+                Err(reason) => {
+                    log::warn!("{reason}; NVDEC frames are converted on the host from here on");
+                    self.device = None;
+                }
+            }
+        }
+        let host = hwdec::download(decoded).map_err(|reason| self.fatal(reason))?;
+        let (planar, packed) = self
+            .rgb
+            .convert(&host, self.info.colour, self.pack)
+            .map_err(|reason| self.fatal(reason))?;
+        Ok((Picture::Planar(planar), packed))
     }
 
     /// The frame's presentation time and its own duration; frames without a time follow their

@@ -73,6 +73,13 @@ impl FramesDir {
                 p.height as u32,
                 |x, y| image::Rgb(p.rgb(x as usize, y as usize)),
             )),
+            Picture::Device(p) => {
+                let planar = p.to_planar().map_err(|reason| Error::Device {
+                    context: "writing a frame".into(),
+                    reason,
+                })?;
+                images::assemble(&planar, None, false, self.sixteen_bit)
+            }
         };
         images::write(image, &self.path(index), self.overwrite, self.quality)?;
         self.written += 1;

@@ -30,6 +30,7 @@ pub fn codec_supports_cuda(codec: *const ffi::AVCodec) -> bool {
 /// # Safety
 /// `ctx` must be a valid, not yet opened decoder context.
 pub unsafe fn attach_cuda(ctx: *mut ffi::AVCodecContext, device: usize) -> Result<(), String> {
+    share_primary_context(device);
     let mut hw: *mut ffi::AVBufferRef = ptr::null_mut();
     let name = std::ffi::CString::new(device.to_string()).expect("digits");
     // The device's primary context, which burn's CUDA backend uses too: one context, no switches.
@@ -52,6 +53,34 @@ pub unsafe fn attach_cuda(ctx: *mut ffi::AVCodecContext, device: usize) -> Resul
     (*ctx).hw_device_ctx = hw;
     (*ctx).get_format = Some(prefer_cuda);
     Ok(())
+}
+
+/// FFmpeg joins the primary context only when its flags are CU_CTX_SCHED_BLOCKING_SYNC, and
+/// refuses ("Operation not supported") when it is active with others, as it is once burn's CUDA
+/// backend has run with the default flags. Since CUDA 11 an active primary context's flags can be
+/// changed; this only changes how host threads wait for the device (they sleep, not spin).
+fn share_primary_context(device: usize) {
+    use cudarc::driver::{result, sys};
+    const BLOCKING_SYNC: u32 = sys::CUctx_flags_enum::CU_CTX_SCHED_BLOCKING_SYNC as u32;
+    // SAFETY: plain driver queries on a device the driver enumerated; nothing runs without a driver.
+    unsafe {
+        if !sys::is_culib_present() || result::init().is_err() {
+            return;
+        }
+        let Ok(dev) = result::device::get(device as i32) else {
+            return;
+        };
+        let (mut flags, mut active) = (0u32, 0i32);
+        if sys::cuDevicePrimaryCtxGetState(dev, &mut flags, &mut active)
+            != sys::CUresult::CUDA_SUCCESS
+        {
+            return;
+        }
+        if flags != BLOCKING_SYNC {
+            let result = sys::cuDevicePrimaryCtxSetFlags_v2(dev, BLOCKING_SYNC);
+            log::debug!("CUDA primary context flags {flags:#x} -> {BLOCKING_SYNC:#x} (active: {active}): {result:?}");
+        }
+    }
 }
 
 unsafe extern "C" fn prefer_cuda(

@@ -3,6 +3,7 @@
 
 pub mod colour;
 pub mod decode;
+pub mod device_frames;
 pub mod encode;
 pub mod frames_dir;
 pub mod hwdec;
