@@ -25,10 +25,14 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// Words per row and rows (per plane) of a `width` x `height` frame, without its words.
+    pub fn layout(width: usize, height: usize) -> (usize, usize) {
+        (width.div_ceil(4), height + height % 2)
+    }
+
     /// A zero frame for `width` x `height` pixels, to be filled with `set_row`.
     pub fn new(width: usize, height: usize) -> Self {
-        let words_per_row = width.div_ceil(4);
-        let rows = height + height % 2;
+        let (words_per_row, rows) = Self::layout(width, height);
         Self {
             words: vec![0; 3 * rows * words_per_row],
             words_per_row,

@@ -285,7 +285,7 @@ pub fn to_planes<R: Runtime>(
     planes
 }
 
-/// Packs three f32 planes into `Packed`'s words (`words_per_row`, `rows` as `Packed::new` gives).
+/// Packs three f32 planes into `Packed`'s words (`words_per_row`, `rows` as `Packed::layout` gives).
 #[allow(clippy::too_many_arguments)]
 pub fn pack<R: Runtime>(
     client: &ComputeClient<R>,

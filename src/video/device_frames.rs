@@ -49,8 +49,7 @@ impl DevicePicture {
 
     /// `Packed`'s words and their layout, still on the device.
     pub fn packed_layout(&self) -> (usize, usize) {
-        let layout = Packed::new(self.width, self.height);
-        (layout.words_per_row, layout.rows)
+        Packed::layout(self.width, self.height)
     }
 }
 
@@ -76,7 +75,8 @@ fn sample_layout(format: Pixel) -> Option<(bool, u32)> {
     }
 }
 
-/// How `frame` (4:2:0, host or device) converts, or why it cannot on the device.
+/// How a 4:2:0 `format` converts with `colour` and chroma at `location`, or why the GPU path
+/// cannot take it.
 pub fn conversion(
     format: Pixel,
     colour: Colour,
@@ -188,14 +188,14 @@ impl DeviceFrames {
             .clone();
         let rgb = picture::to_planes(&self.client, &staging, &layout, &yuv);
         let packed = pack.then(|| {
-            let words = Packed::new(w, h);
+            let (words_per_row, rows) = Packed::layout(w, h);
             picture::pack(
                 &self.client,
                 &rgb,
                 w,
                 h,
-                words.words_per_row,
-                words.rows,
+                words_per_row,
+                rows,
                 yuv.deep_output,
             )
         });
