@@ -8,6 +8,7 @@ use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Cuda, NdArray, Wgpu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use cubecl::cuda::CudaRuntime;
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceClass, DeviceInfo, Selected};
 use crate::cli::PrecisionArg;
@@ -264,10 +265,13 @@ pub struct DedupRow {
     pub height: usize,
     /// Packing the decoded 8-bit planes on the host (the decoder does this while converting).
     pub pack: Duration,
-    /// Upload, features on the device, read-back.
+    /// Upload, features and comparisons with a full window of kept frames on the device,
+    /// read-back.
     pub detect: Duration,
-    /// The decision against one kept frame (a duplicate: the whole frame is compared).
+    /// The decision on the host from what the device returned.
     pub decide: Duration,
+    /// On cuda, `detect` for a frame already packed on the device, as NVDEC frames are.
+    pub resident: Option<Duration>,
 }
 
 impl DedupRow {
@@ -284,13 +288,16 @@ pub fn dedup_cost(plan: &BenchPlan, mut report: impl FnMut(&DedupRow)) -> Result
         let info = target.info().clone();
         for &(w, h) in &plan.sizes {
             let row = match &target {
-                Selected::Cuda(d, _) => dedup_on::<Cuda>(d, None, &info, w, h, plan.runs),
+                Selected::Cuda(d, _) => {
+                    let client = <CudaRuntime as cubecl::Runtime>::client(d);
+                    dedup_on::<Cuda>(d, None, Some(&client), &info, w, h, plan.runs)
+                }
                 Selected::Wgpu(d, _) => {
                     let setup = backend::wgpu_setup(d);
-                    dedup_on::<Wgpu>(d, setup.as_ref(), &info, w, h, plan.runs)
+                    dedup_on::<Wgpu>(d, setup.as_ref(), None, &info, w, h, plan.runs)
                 }
                 Selected::Cpu(_) => {
-                    dedup_on::<NdArray>(&NdArrayDevice::Cpu, None, &info, w, h, plan.runs)
+                    dedup_on::<NdArray>(&NdArrayDevice::Cpu, None, None, &info, w, h, plan.runs)
                 }
             };
             report(&row);
@@ -303,26 +310,28 @@ pub fn dedup_cost(plan: &BenchPlan, mut report: impl FnMut(&DedupRow)) -> Result
 fn dedup_on<B: Backend>(
     device: &B::Device,
     wgpu: Option<&burn::backend::wgpu::WgpuSetup>,
+    cuda: Option<&cubecl::prelude::ComputeClient<CudaRuntime>>,
     info: &DeviceInfo,
     w: usize,
     h: usize,
     runs: usize,
 ) -> DedupRow {
-    use crate::dedup::{features::Packed, Deduplicator, Detector, Level};
-    let mut detector = Detector::<B>::new(device, wgpu);
+    use crate::dedup::{features::Packed, Dedup, Frame, Level, WINDOW};
     let thresholds = Level::Normal.thresholds().expect("normal has thresholds");
-    // A noisy picture and the same with one level of noise more: a duplicate. 8-bit planes, as
-    // the decoder has them before it packs them.
+    let mut dedup = Dedup::<B>::new(device, wgpu, thresholds, WINDOW);
+    // Noisy pictures, 8-bit planes as the decoder has them before it packs them: a full window
+    // of kept ones, then the last of them with one level of noise more, a duplicate.
     let mut state = 0x9e37_79b9u32;
-    let picture: Vec<u8> = (0..3 * w * h)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state % 250) as u8
-        })
+    let mut noise = |_| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state % 250) as u8
+    };
+    let pictures: Vec<Vec<u8>> = (0..WINDOW)
+        .map(|_| (0..3 * w * h).map(&mut noise).collect())
         .collect();
-    let held: Vec<u8> = picture
+    let held: Vec<u8> = pictures[WINDOW - 1]
         .iter()
         .enumerate()
         .map(|(i, &v)| v + u8::from(i % 7 == 0))
@@ -334,25 +343,52 @@ fn dedup_on<B: Backend>(
         }
         packed
     };
-    let kept = detector.features(&pack(&picture));
+    for (i, picture) in pictures.iter().enumerate() {
+        let decision = dedup.decide(i as u64, Frame::Packed(&pack(picture)));
+        assert_eq!(decision.source, i as u64, "the pictures differ");
+    }
+    let last = WINDOW as u64 - 1;
+    let mut next = WINDOW as u64;
+    let mut decide_held = |dedup: &mut Dedup<B>, frame: Frame<'_>| {
+        let t0 = Instant::now();
+        let look = dedup.detector.look(frame);
+        let t1 = Instant::now();
+        let decision = dedup.decider.decide(next, &look);
+        dedup.detector.settle(next, &decision);
+        let t2 = Instant::now();
+        assert_eq!(decision.source, last, "the held picture is a duplicate");
+        next += 1;
+        (t1 - t0, t2 - t1)
+    };
     let (mut pack_times, mut detect, mut decide) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs.max(1) + 3 {
         let t0 = Instant::now();
         let packed = pack(&held);
-        let t1 = Instant::now();
-        let features = detector.features(&packed);
-        let t2 = Instant::now();
-        let mut decider = Deduplicator::new(thresholds, 1);
-        decider.decide(0, kept.clone());
-        let t3 = Instant::now();
-        let decision = decider.decide(1, features);
-        let t4 = Instant::now();
-        assert_eq!(decision.source, 0, "the held picture is a duplicate");
+        let packing = t0.elapsed();
+        let (looking, deciding) = decide_held(&mut dedup, Frame::Packed(&packed));
         if run >= 3 {
             // The first runs compile kernels and allocate.
-            pack_times.push(t1 - t0);
-            detect.push(t2 - t1);
-            decide.push(t4 - t3);
+            pack_times.push(packing);
+            detect.push(looking);
+            decide.push(deciding);
+        }
+    }
+    // Frames decoded by NVDEC are packed on the device already: no packing, no upload.
+    let mut resident = Vec::new();
+    if let Some(client) = cuda {
+        let words = client.create_from_slice(bytemuck::cast_slice(&pack(&held).words));
+        let picture = crate::video::device_frames::DevicePicture {
+            client: client.clone(),
+            planes: words.clone(),
+            packed: Some(words),
+            width: w,
+            height: h,
+        };
+        for run in 0..runs.max(1) + 3 {
+            let (looking, _) = decide_held(&mut dedup, Frame::Device(&picture));
+            if run >= 3 {
+                resident.push(looking);
+            }
         }
     }
     let median = |mut v: Vec<Duration>| {
@@ -362,11 +398,12 @@ fn dedup_on<B: Backend>(
     DedupRow {
         backend: info.backend,
         device: info.name.clone(),
-        features: detector.name().to_string(),
+        features: dedup.detector.name().to_string(),
         width: w,
         height: h,
         pack: median(pack_times),
         detect: median(detect),
         decide: median(decide),
+        resident: (!resident.is_empty()).then(|| median(resident)),
     }
 }

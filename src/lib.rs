@@ -234,7 +234,7 @@ fn run_on<B: Backend>(
         .dedup
         .filter(|_| jobs.len() > 1)
         .map(|thresholds| {
-            let window = config.video.dedup_window.unwrap_or(dedup::pictures::WINDOW);
+            let window = config.video.dedup_window.unwrap_or(dedup::WINDOW);
             let found = dedup::pictures::PictureDedup::<B>::new(device, thresholds, window);
             summary.dedup = Some(DedupSummary {
                 thresholds,

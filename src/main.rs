@@ -184,23 +184,25 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
 
 fn bench_dedup(plan: &BenchPlan) -> Result<(), Error> {
     println!(
-        "duplicate detection per frame (pack on the host, features on the device, decision against one kept frame), median of {} runs",
+        "duplicate detection per frame against a full window of {} kept frames (pack on the host; upload, features and comparisons on the device; decision on the host; resident: from a frame packed on the device, as NVDEC frames are), median of {} runs",
+        upframe::dedup::WINDOW,
         plan.runs
     );
     println!(
-        "{:<7} {:>10} {:>8} {:>9} {:>8} {:>8}  features, device",
-        "backend", "frame", "pack ms", "detect ms", "decide", "total"
+        "{:<7} {:>10} {:>8} {:>9} {:>8} {:>8} {:>11}  features, device",
+        "backend", "frame", "pack ms", "detect ms", "decide", "total", "resident ms"
     );
     upframe::bench::dedup_cost(plan, |r| {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{:<7} {:>10} {:>8.2} {:>9.2} {:>8.2} {:>8.2}  {}, {}",
+            "{:<7} {:>10} {:>8.2} {:>9.2} {:>8.2} {:>8.2} {:>11}  {}, {}",
             r.backend.to_string(),
             format!("{}x{}", r.width, r.height),
             ms(r.pack),
             ms(r.detect),
             ms(r.decide),
             ms(r.total()),
+            r.resident.map_or("-".into(), |d| format!("{:.3}", ms(d))),
             r.features,
             r.device
         );

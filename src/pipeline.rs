@@ -24,7 +24,7 @@ use ffmpeg_next::Rational;
 use serde::Serialize;
 
 use crate::dedup::features::Packed;
-use crate::dedup::{Deduplicator, Detector};
+use crate::dedup::{self, Dedup};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, Message, Picture};
 use crate::progress::Progress;
@@ -81,12 +81,6 @@ pub struct VideoOutcome {
 struct Saved {
     output: PathBuf,
     busy: Duration,
-}
-
-/// Duplicate detection for a run: features on the device, decisions on the host.
-pub struct Dedup<B: Backend> {
-    pub detector: Detector<B>,
-    pub decider: Deduplicator,
 }
 
 pub fn run<B: Backend>(
@@ -209,21 +203,25 @@ fn dedup_phase<B: Backend>(
         let message = match message {
             Message::Frame(mut frame) => {
                 let started = Instant::now();
-                let detector = &mut dedup.detector;
                 let packed = frame.packed.take();
-                let features = catch_unwind(AssertUnwindSafe(|| match (packed, &frame.picture) {
-                    (Some(packed), _) => detector.features(&packed),
-                    (None, Some(Picture::Planar(picture))) => {
-                        detector.features(&Packed::from_planar(picture))
+                let decision = catch_unwind(AssertUnwindSafe(|| {
+                    let index = frame.index;
+                    match (packed, &frame.picture) {
+                        (Some(packed), _) => dedup.decide(index, dedup::Frame::Packed(&packed)),
+                        (None, Some(Picture::Planar(picture))) => {
+                            let packed = Packed::from_planar(picture);
+                            dedup.decide(index, dedup::Frame::Packed(&packed))
+                        }
+                        (None, Some(Picture::Device(picture))) => {
+                            dedup.decide(index, dedup::Frame::Device(picture))
+                        }
+                        _ => unreachable!("the decoder sends decoded pictures"),
                     }
-                    (None, Some(Picture::Device(picture))) => detector.features_on_device(picture),
-                    _ => unreachable!("the decoder sends decoded pictures"),
                 }))
                 .map_err(|payload| Error::Device {
                     context: "finding duplicate frames".into(),
                     reason: crate::panic_message(&payload),
                 })?;
-                let decision = dedup.decider.decide(frame.index, features);
                 if decision.source != frame.index {
                     frame.picture = None;
                 }

@@ -11,11 +11,10 @@ use burn::tensor::backend::Backend;
 
 use crate::backend::{BackendKind, DeviceInfo};
 use crate::cli::{Config, HwDecArg};
-use crate::dedup::features::Packed;
-use crate::dedup::{Deduplicator, Detector};
+use crate::dedup::{self, Dedup};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::pipeline::{self, Dedup, Save};
+use crate::pipeline::{self, Save};
 use crate::progress::Progress;
 use crate::upscale::Upscaler;
 use crate::video::colour;
@@ -30,7 +29,6 @@ const UPSCALE_THREADS: usize = 2;
 
 /// Host memory for upscaled pictures kept for later duplicates: it bounds the dedup window.
 const SOURCE_CACHE_BYTES: usize = 1 << 30;
-const DEDUP_WINDOW: usize = 16;
 
 /// Refuses, before any work, what would fail or destroy data at the end.
 pub fn check_paths(config: &Config) -> Result<()> {
@@ -202,33 +200,30 @@ pub fn run<B: Backend>(
         let picture_bytes =
             (v.width * v.height) as usize * model.scale * model.scale * sample_bytes;
         let window = config.video.dedup_window.unwrap_or(match save {
-            Save::Frames(_) => DEDUP_WINDOW,
-            Save::Video(_) => (SOURCE_CACHE_BYTES / picture_bytes).clamp(1, DEDUP_WINDOW),
+            Save::Frames(_) => dedup::WINDOW,
+            Save::Video(_) => (SOURCE_CACHE_BYTES / picture_bytes).clamp(1, dedup::WINDOW),
         });
-        let mut detector = Detector::<B>::new(device, wgpu.as_ref());
+        let mut dedup = Dedup::<B>::new(device, wgpu.as_ref(), thresholds, window);
         // Kernels compile on first use: do it before the first frame waits for it.
         let warming = Instant::now();
-        detector.features(&Packed::new(v.width as usize, v.height as usize));
+        dedup.detector.warm_up(v.width as usize, v.height as usize);
         log::debug!(
             "duplicate detection ready in {:.2} s",
             warming.elapsed().as_secs_f64()
         );
         log::info!(
-            "duplicate frames: a frame is one picture with a kept one when no 2x2 cell changed by more than {} levels, and at most {:.1}% of 8x8 blocks by more than {} on average; {window} kept frames compared, features by {}",
+            "duplicate frames: a frame is one picture with a kept one when no 2x2 cell changed by more than {} levels, and at most {:.1}% of 8x8 blocks by more than {} on average; {window} kept frames compared, by {}",
             thresholds.peak,
             thresholds.fraction * 100.0,
             thresholds.mean,
-            detector.name()
+            dedup.detector.name()
         );
         dedup_summary = Some(DedupSummary {
             thresholds,
             window,
-            features: detector.name().to_string(),
+            features: dedup.detector.name().to_string(),
         });
-        Dedup {
-            detector,
-            decider: Deduplicator::new(thresholds, window),
-        }
+        dedup
     });
     let mut progress = Progress::frames(v.frames_estimate, config.quiet);
     let outcome = pipeline::run(

@@ -569,6 +569,32 @@ fn cuda_dedup_features_match_the_definition() {
             info.name
         );
     }
+    // Comparisons with kept frames' cells held on the device: a picture, then the same with a
+    // small bright square.
+    let thresholds = upframe::dedup::Level::Normal.thresholds().expect("normal");
+    let mean = thresholds.mean_limit();
+    let mut cells = cubecl_path::DeviceCells::new(client, 2, mean);
+    let picture = crop(&photo, 95, 61);
+    let mut moved = picture.clone();
+    for y in 20..28 {
+        for x in 40..48 {
+            moved.data[y * 95 + x] = 1.0;
+        }
+    }
+    let (a, b) = (
+        features::Packed::from_planar(&picture),
+        features::Packed::from_planar(&moved),
+    );
+    let kept = upframe::dedup::Decision {
+        source: 0,
+        released: Vec::new(),
+    };
+    assert!(cells.look(&a).changes.is_empty());
+    cells.settle(0, &kept);
+    let look = cells.look(&b);
+    let expected = features::change(&features::reference(&a), &features::reference(&b), mean);
+    assert_eq!(look.changes, [(0, expected)], "{}", info.name);
+    assert!(expected.peak > 0 && expected.changed_blocks > 0);
 }
 
 /// A 4:2:0 frame in `format` (NV12 or P010): luma with texture, chroma in gentle slopes, as

@@ -6,14 +6,16 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use burn::backend::{NdArray, Wgpu};
 use image::{imageops, Rgb, RgbImage};
 use serde_json::Value;
+use upframe::dedup::cubecl_path::{self, DeviceCells};
 use upframe::dedup::features::{self, Packed};
-use upframe::dedup::{burn_path, cubecl_path, wgsl::WgslFeatures};
+use upframe::dedup::{burn_path, wgsl::WgslCells, Deduplicator, Level, Look};
 use upframe::upscale::Planar;
 
 use common::{frame_times, p, run_ok, stderr, upframe, Clip};
@@ -296,7 +298,7 @@ fn wgsl_shaders_cubecl_kernels_burn_ops_and_the_definition_give_identical_featur
         return;
     };
     let setup = upframe::backend::wgpu_setup(&device).expect("the first use of this device");
-    let mut shaders = WgslFeatures::new(&setup);
+    let mut shaders = WgslCells::new(&setup, 1, 0);
     let client = <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(&device);
     let photo = photo();
     let mut pictures: Vec<RgbImage> = vec![
@@ -336,6 +338,87 @@ fn wgsl_shaders_cubecl_kernels_burn_ops_and_the_definition_give_identical_featur
             assert_ne!(expected.hash, 0, "{size:?}: a photograph has a hash");
         }
     }
+}
+
+/// The test animation with a little noise that differs from frame to frame (held drawings are
+/// then not bit-exact, as after a lossy encode), and two frames of another size in the middle.
+fn noisy_frames() -> Vec<RgbImage> {
+    let mut frames: Vec<RgbImage> = animation().frames.into_iter().map(|(f, _)| f).collect();
+    for (i, frame) in frames.iter_mut().enumerate() {
+        for (x, y, p) in frame.enumerate_pixels_mut() {
+            let noise = ((x * 7 + y * 13 + i as u32 * 3) % 5) as i32 - 2;
+            for c in &mut p.0 {
+                *c = (i32::from(*c) + noise).clamp(0, 255) as u8;
+            }
+        }
+    }
+    let other = imageops::crop_imm(&frames[40], 0, 0, 200, 120).to_image();
+    frames.splice(60..60, [other.clone(), other]);
+    frames
+}
+
+fn sorted(mut look: Look) -> Look {
+    look.changes.sort_by_key(|&(index, _)| index);
+    look
+}
+
+#[test]
+fn comparisons_on_the_device_match_the_definition_frame_by_frame() {
+    let Some((device, info)) = upframe::backend::wgpu_devices().into_iter().next() else {
+        eprintln!("skipped: no wgpu adapter (install mesa-vulkan-drivers for a software one)");
+        return;
+    };
+    let setup = upframe::backend::wgpu_setup(&device).expect("the first use of this device");
+    let thresholds = Level::Normal.thresholds().expect("normal has thresholds");
+    let (window, mean) = (4, thresholds.mean_limit());
+    let mut shaders = WgslCells::new(&setup, window, mean);
+    let client = <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(&device);
+    let mut kernels = DeviceCells::new(client, window, mean);
+    let mut decider = Deduplicator::new(thresholds, window);
+    let mut kept: HashMap<u64, features::Features> = HashMap::new();
+    let mut duplicates = 0;
+    for (i, frame) in noisy_frames().iter().enumerate() {
+        let index = i as u64;
+        let packed = Packed::from_planar(&planar(frame));
+        let new = features::reference(&packed);
+        let size = (new.pairs_per_row, new.cell_rows);
+        // A new frame size forgets the kept frames: none of them can match.
+        kept.retain(|_, k| (k.pairs_per_row, k.cell_rows) == size);
+        let expected = sorted(Look {
+            hash: new.hash,
+            changes: kept
+                .iter()
+                .map(|(&k, f)| (k, features::change(f, &new, mean)))
+                .collect(),
+        });
+        assert_eq!(
+            sorted(shaders.look(&packed)),
+            expected,
+            "WGSL on {}, frame {i}",
+            info.name
+        );
+        assert_eq!(
+            sorted(kernels.look(&packed)),
+            expected,
+            "CubeCL on {}, frame {i}",
+            info.name
+        );
+        let decision = decider.decide(index, &expected);
+        shaders.settle(index, &decision);
+        kernels.settle(index, &decision);
+        for released in &decision.released {
+            kept.remove(released);
+        }
+        if decision.keeps(index) {
+            kept.insert(index, new);
+        } else {
+            duplicates += 1;
+        }
+    }
+    assert!(
+        duplicates > 40,
+        "only {duplicates} duplicates: the test compares too little"
+    );
 }
 
 /// The first 24 frames: the moving object on twos.

@@ -1,16 +1,20 @@
-//! The features of `features.rs` as two CubeCL kernels, for the cuda backend: one launch sums
-//! the cells, one hashes them, and one read-back returns both. burn's integer tensor ops take
-//! about thirty launches and their own read-backs for the same numbers.
+//! The features and comparisons of `features.rs` as CubeCL kernels (cuda; tested on wgpu too).
+//! Kept frames' cells stay on the device, in a ring of slots: per frame, one launch sums the new
+//! frame's cells into a free slot, one hashes them, one compares them with every kept slot, and
+//! one read-back returns the hash and a few numbers per kept frame, never the cells.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use cubecl::{calculate_cube_count_elemwise, CubeElement};
 
-use super::features::{hash_from_chunks, Features, Packed};
+use super::decide::{Decision, Look};
+use super::features::{hash_from_chunks, Change, Features, Packed};
+use super::slots::Slots;
 
-/// One unit per word of a row pair: the pair of 2x2 cells under it (left in the low 16 bits).
+/// One unit per word of a row pair: the pair of 2x2 cells under it (left in the low 16 bits),
+/// written at `at` in `ring`.
 #[cube(launch_unchecked)]
-fn cells(frame: &Array<u32>, cells: &mut Array<u32>, words_per_row: u32, rows: u32) {
+fn cells(frame: &Array<u32>, ring: &mut Array<u32>, words_per_row: u32, rows: u32, at: u32) {
     let index = ABSOLUTE_POS;
     let wq = words_per_row as usize;
     let cell_rows = rows as usize / 2;
@@ -23,7 +27,7 @@ fn cells(frame: &Array<u32>, cells: &mut Array<u32>, words_per_row: u32, rows: u
         let bottom = frame[top_at + wq];
         let left = byte(top, 0u32) + byte(top, 1u32) + byte(bottom, 0u32) + byte(bottom, 1u32);
         let right = byte(top, 2u32) + byte(top, 3u32) + byte(bottom, 2u32) + byte(bottom, 3u32);
-        cells[index] = left | (right << 16);
+        ring[at as usize + index] = left | (right << 16);
     }
 }
 
@@ -40,22 +44,23 @@ fn luma(r: u32, g: u32, b: u32, shift: u32) -> u32 {
     (red + 2 * green + blue) / 16
 }
 
-/// One cube of 64 units: unit k sums region k of the 8x8 grid; the hash's four 16-bit chunks are
-/// written after the cells (`chunks_at`), so that one read-back returns everything.
+/// One cube of 64 units: unit k sums region k of the 8x8 grid of the cells at `at`; the hash's
+/// four 16-bit chunks go to the start of `result`.
 #[cube(launch_unchecked)]
-fn hash(cells: &mut Array<u32>, pairs_per_row: u32, cell_rows: u32, chunks_at: u32) {
+fn hash(ring: &Array<u32>, result: &mut Array<u32>, pairs_per_row: u32, cell_rows: u32, at: u32) {
     let k = UNIT_POS as usize;
     let wq = pairs_per_row as usize;
     let ch = cell_rows as usize;
+    let base = at as usize;
     let (rh, rw) = (ch / 8, wq / 8);
     let (i, j) = (k / 8, k % 8);
     let mut regions = SharedMemory::<u32>::new(64usize);
     let mut sum = 0u32;
     for row in i * rh..(i + 1) * rh {
         for pair in j * rw..(j + 1) * rw {
-            let r = cells[row * wq + pair];
-            let g = cells[(ch + row) * wq + pair];
-            let b = cells[(2 * ch + row) * wq + pair];
+            let r = ring[base + row * wq + pair];
+            let g = ring[base + (ch + row) * wq + pair];
+            let b = ring[base + (2 * ch + row) * wq + pair];
             sum += luma(r, g, b, 0) + luma(r, g, b, 16);
         }
     }
@@ -73,70 +78,253 @@ fn hash(cells: &mut Array<u32>, pairs_per_row: u32, cell_rows: u32, chunks_at: u
                 chunk |= 1u32 << bit as u32;
             }
         }
-        cells[chunks_at as usize + k] = chunk;
+        result[k] = chunk;
     }
 }
 
-/// Computes a frame's features on `client`'s device.
-pub fn features<R: Runtime>(client: &ComputeClient<R>, frame: &Packed) -> Features {
-    let input = client.create_from_slice(u32::as_bytes(&frame.words));
-    features_of_words(client, input, frame.words_per_row, frame.rows)
+const GROUP: u32 = 256;
+
+#[cube]
+fn distance(a: u32, b: u32) -> u32 {
+    let mut high = a;
+    let mut low = b;
+    if b > a {
+        high = b;
+        low = a;
+    }
+    high - low
 }
 
-/// As `features`, from `Packed`'s words already on the device (`words_per_row` x `rows` per
-/// plane), as `video::device_frames` leaves them.
-pub fn features_of_words<R: Runtime>(
-    client: &ComputeClient<R>,
-    input: Handle,
-    words_per_row: usize,
-    rows: usize,
-) -> Features {
-    let frame = Packed {
-        words: Vec::new(),
-        words_per_row,
-        rows,
-    };
-    let (wq, ch) = (frame.words_per_row, frame.cell_rows());
-    let count = 3 * ch * wq;
-    let output = client.empty((count + 4) * size_of::<u32>());
-    let cube = CubeDim::new_1d(256);
-    // Safety: the lengths are those of the buffers just created; each kernel bounds its indices.
-    unsafe {
-        cells::launch_unchecked::<R>(
-            client,
-            calculate_cube_count_elemwise(client, count, cube),
-            cube,
-            ArrayArg::from_raw_parts(input, 3 * rows * wq),
-            ArrayArg::from_raw_parts(output.clone(), count + 4),
-            wq as u32,
-            frame.rows as u32,
-        );
-        if frame.has_hash() {
-            hash::launch_unchecked::<R>(
-                client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(64),
-                ArrayArg::from_raw_parts(output.clone(), count + 4),
-                wq as u32,
-                ch as u32,
-                count as u32,
-            );
+/// One unit per 8x8 block, one cube row per slot (`CUBE_POS_Z`): the block's largest cell change
+/// against the new frame's cells, and whether its summed change in some plane exceeds
+/// `mean_limit`. Each cube writes its largest change and its count of changed blocks after the
+/// hash in `result`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    ring: &Array<u32>,
+    result: &mut Array<u32>,
+    pairs_per_row: u32,
+    cell_rows: u32,
+    slot_words: u32,
+    new_slot: u32,
+    mean_limit: u32,
+) {
+    let (wq, ch) = (pairs_per_row as usize, cell_rows as usize);
+    let (bw, bh) = ((wq + 1) / 2, (ch + 3) / 4);
+    let u = UNIT_POS as usize;
+    let block = CUBE_POS_X as usize * GROUP as usize + u;
+    let kept_at = CUBE_POS_Z as usize * slot_words as usize;
+    let new_at = new_slot as usize * slot_words as usize;
+    let mut peak = 0u32;
+    let mut changed = 0u32;
+    if block < bw * bh {
+        let (bx, by) = (block % bw, block / bw);
+        for plane in 0..3usize {
+            let mut sum = 0u32;
+            for r in 0..4usize {
+                let row = 4 * by + r;
+                for p in 0..2usize {
+                    let pair = 2 * bx + p;
+                    if row < ch && pair < wq {
+                        let at = (plane * ch + row) * wq + pair;
+                        let (x, y) = (ring[kept_at + at], ring[new_at + at]);
+                        let low = distance(x & 65535, y & 65535);
+                        let high = distance(x >> 16, y >> 16);
+                        if low > peak {
+                            peak = low;
+                        }
+                        if high > peak {
+                            peak = high;
+                        }
+                        sum += low + high;
+                    }
+                }
+            }
+            if sum > mean_limit {
+                changed = 1;
+            }
         }
     }
-    let bytes = client
-        .read_one(output)
-        .expect("reading duplicate-frame features back from the device");
-    let mut values: Vec<u32> = u32::from_bytes(&bytes).to_vec();
-    let chunks = values.split_off(count);
-    let hash = if frame.has_hash() {
-        hash_from_chunks([chunks[0], chunks[1], chunks[2], chunks[3]])
-    } else {
-        0
-    };
+    let mut peaks = SharedMemory::<u32>::new(GROUP as usize);
+    let mut counts = SharedMemory::<u32>::new(GROUP as usize);
+    peaks[u] = peak;
+    counts[u] = changed;
+    sync_cube();
+    fold(&mut peaks, &mut counts, u, 128usize);
+    fold(&mut peaks, &mut counts, u, 64usize);
+    fold(&mut peaks, &mut counts, u, 32usize);
+    fold(&mut peaks, &mut counts, u, 16usize);
+    fold(&mut peaks, &mut counts, u, 8usize);
+    fold(&mut peaks, &mut counts, u, 4usize);
+    fold(&mut peaks, &mut counts, u, 2usize);
+    fold(&mut peaks, &mut counts, u, 1usize);
+    if u == 0 {
+        let out = 4 + (CUBE_POS_Z as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize) * 2;
+        result[out] = peaks[0];
+        result[out + 1] = counts[0];
+    }
+}
+
+/// One step of the cube's reduction: the lower `stride` units take in the upper ones' results.
+#[cube]
+fn fold(
+    peaks: &mut SharedMemory<u32>,
+    counts: &mut SharedMemory<u32>,
+    u: usize,
+    #[comptime] stride: usize,
+) {
+    if u < stride {
+        if peaks[u + stride] > peaks[u] {
+            peaks[u] = peaks[u + stride];
+        }
+        counts[u] += counts[u + stride];
+    }
+    sync_cube();
+}
+
+/// Kept frames' cells on one device, and the kernels that measure new frames against them.
+pub struct DeviceCells<R: Runtime> {
+    client: ComputeClient<R>,
+    mean_limit: u32,
+    slots: Slots,
+    ring: Option<Ring>,
+}
+
+/// Slots for frames of one size.
+struct Ring {
+    layout: (usize, usize),
+    cells: Handle,
+}
+
+impl<R: Runtime> DeviceCells<R> {
+    /// Room for `window` kept frames; `mean_limit` as `Thresholds::mean_limit`.
+    pub fn new(client: ComputeClient<R>, window: usize, mean_limit: u32) -> Self {
+        Self {
+            client,
+            mean_limit,
+            slots: Slots::new(window),
+            ring: None,
+        }
+    }
+
+    pub fn look(&mut self, frame: &Packed) -> Look {
+        let words = self.client.create_from_slice(u32::as_bytes(&frame.words));
+        self.look_at_words(words, frame.words_per_row, frame.rows)
+    }
+
+    /// As `look`, from `Packed`'s words already on the device (`words_per_row` x `rows` per
+    /// plane), as `video::device_frames` leaves them.
+    pub fn look_at_words(&mut self, words: Handle, words_per_row: usize, rows: usize) -> Look {
+        let (wq, ch) = (words_per_row, rows / 2);
+        let slot_words = 3 * ch * wq;
+        if self.ring.as_ref().map(|r| r.layout) != Some((wq, rows)) {
+            self.slots.clear();
+            self.ring = Some(Ring {
+                layout: (wq, rows),
+                cells: self.client.empty(self.slots.count() * slot_words * 4),
+            });
+        }
+        let ring = self.ring.as_ref().expect("made just above").cells.clone();
+        let ring_words = self.slots.count() * slot_words;
+        let slot = self.slots.look();
+        let kept: Vec<(usize, u64)> = self.slots.kept().collect();
+        let (bw, bh) = Change::blocks_of(wq, ch);
+        let cubes = (bw * bh).div_ceil(GROUP as usize);
+        let compared = kept.iter().map(|&(s, _)| s + 1).max().unwrap_or(0);
+        let result_words = 4 + self.slots.count() * cubes * 2;
+        let result = self.client.empty(result_words * 4);
+        let has_hash = ch >= 8 && wq >= 8;
+        let cube = CubeDim::new_1d(256);
+        // Safety: the lengths are those of the buffers made here; each kernel bounds its indices
+        // (`compare` reads slots below `compared` only).
+        unsafe {
+            cells::launch_unchecked::<R>(
+                &self.client,
+                calculate_cube_count_elemwise(&self.client, slot_words, cube),
+                cube,
+                ArrayArg::from_raw_parts(words, 3 * rows * wq),
+                ArrayArg::from_raw_parts(ring.clone(), ring_words),
+                wq as u32,
+                rows as u32,
+                (slot * slot_words) as u32,
+            );
+            if has_hash {
+                hash::launch_unchecked::<R>(
+                    &self.client,
+                    CubeCount::Static(1, 1, 1),
+                    CubeDim::new_1d(64),
+                    ArrayArg::from_raw_parts(ring.clone(), ring_words),
+                    ArrayArg::from_raw_parts(result.clone(), result_words),
+                    wq as u32,
+                    ch as u32,
+                    (slot * slot_words) as u32,
+                );
+            }
+            if compared > 0 {
+                compare::launch_unchecked::<R>(
+                    &self.client,
+                    CubeCount::Static(cubes as u32, 1, compared as u32),
+                    CubeDim::new_1d(GROUP),
+                    ArrayArg::from_raw_parts(ring, ring_words),
+                    ArrayArg::from_raw_parts(result.clone(), result_words),
+                    wq as u32,
+                    ch as u32,
+                    slot_words as u32,
+                    slot as u32,
+                    self.mean_limit,
+                );
+            }
+        }
+        let bytes = self
+            .client
+            .read_one(result)
+            .expect("reading duplicate-frame measures back from the device");
+        let values = u32::from_bytes(&bytes);
+        let hash = if has_hash {
+            hash_from_chunks([values[0], values[1], values[2], values[3]])
+        } else {
+            0
+        };
+        let changes = kept
+            .into_iter()
+            .map(|(slot, index)| {
+                let at = 4 + slot * cubes * 2;
+                (
+                    index,
+                    Change::from_partials(&values[at..at + cubes * 2], bw * bh),
+                )
+            })
+            .collect();
+        Look { hash, changes }
+    }
+
+    pub fn settle(&mut self, index: u64, decision: &Decision) {
+        self.slots.settle(index, decision);
+    }
+
+    /// The cells of `slot`, read back (for tests).
+    fn cells_of(&self, slot: usize) -> Vec<u32> {
+        let ring = self.ring.as_ref().expect("a frame was looked at");
+        let (wq, rows) = ring.layout;
+        let slot_words = 3 * (rows / 2) * wq;
+        let bytes = self
+            .client
+            .read_one(ring.cells.clone())
+            .expect("reading cells back from the device");
+        u32::from_bytes(&bytes)[slot * slot_words..(slot + 1) * slot_words].to_vec()
+    }
+}
+
+/// A frame's features computed by these kernels and read back: what tests compare with the
+/// definition.
+pub fn features<R: Runtime>(client: &ComputeClient<R>, frame: &Packed) -> Features {
+    let mut cells = DeviceCells::new(client.clone(), 1, 0);
+    let look = cells.look(frame);
     Features {
-        pairs_per_row: wq,
-        cell_rows: ch,
-        cells: values,
-        hash,
+        pairs_per_row: frame.words_per_row,
+        cell_rows: frame.cell_rows(),
+        cells: cells.cells_of(0),
+        hash: look.hash,
     }
 }

@@ -1,7 +1,7 @@
-//! The decision, on the host from the features the device returned: frame i is a duplicate of a
-//! kept frame k only if, 8x8-pixel block by block (4x4 cells, every plane), no cell of i differs
-//! from k's by more than `peak` levels per pixel, and no more than `fraction` of the blocks differ
-//! on average by more than `mean` levels per pixel (the logic of FFmpeg's mpdecimate, with a peak
+//! The decision, on the host from what the detector measured: frame i is a duplicate of a kept
+//! frame k only if, 8x8-pixel block by block (4x4 cells, every plane), no cell of i differs from
+//! k's by more than `peak` levels per pixel, and no more than `fraction` of the blocks differ on
+//! average by more than `mean` levels per pixel (the logic of FFmpeg's mpdecimate, with a peak
 //! test that catches one small changed spot in a block).
 //!
 //! i is always compared with kept frames themselves, never along a chain of duplicates, so slow
@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::features::Features;
+use super::features::Change;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Thresholds {
@@ -24,6 +24,40 @@ pub struct Thresholds {
     pub hash_bits: u32,
 }
 
+impl Thresholds {
+    /// `peak` in the cells' unit, a sum of 4 pixels.
+    pub fn peak_limit(&self) -> u32 {
+        (self.peak * 4.0).floor() as u32
+    }
+
+    /// `mean` in the blocks' unit, a sum of 64 pixels: what the detector compares on the device.
+    pub fn mean_limit(&self) -> u32 {
+        (self.mean * 64.0).floor() as u32
+    }
+
+    pub fn same_picture(&self, change: &Change) -> bool {
+        change.peak <= self.peak_limit()
+            && f64::from(change.changed_blocks)
+                <= f64::from(self.fraction) * f64::from(change.blocks)
+    }
+}
+
+/// What the detector saw of a new frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Look {
+    pub hash: u64,
+    /// How it differs from each kept frame of its size, by the kept frame's index.
+    pub changes: Vec<(u64, Change)>,
+}
+
+impl Look {
+    fn change(&self, kept: u64) -> Option<&Change> {
+        self.changes
+            .iter()
+            .find_map(|(index, change)| (*index == kept).then_some(change))
+    }
+}
+
 /// What to do with one frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -33,9 +67,15 @@ pub struct Decision {
     pub released: Vec<u64>,
 }
 
+impl Decision {
+    pub fn keeps(&self, index: u64) -> bool {
+        self.source == index
+    }
+}
+
 struct Kept {
     index: u64,
-    features: Features,
+    hash: u64,
 }
 
 pub struct Deduplicator {
@@ -55,25 +95,27 @@ impl Deduplicator {
         }
     }
 
-    pub fn decide(&mut self, index: u64, features: Features) -> Decision {
-        if log::log_enabled!(log::Level::Trace) {
-            if let Some(last) = self.window.back() {
-                let d = difference(&last.features, &features, self.thresholds.mean);
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    pub fn decide(&mut self, index: u64, look: &Look) -> Decision {
+        if let Some(last) = self.window.back() {
+            if let Some(change) = look.change(last.index) {
                 log::trace!(
-                    "frame {index} vs kept {}: peak {:.2}, worst block {:.2}, {:.2}% of blocks over {}, hash bits {}",
+                    "frame {index} vs kept {}: peak {:.2}, {:.2}% of blocks over {}, hash bits {}",
                     last.index,
-                    d.peak,
-                    d.worst_block,
-                    d.changed * 100.0,
+                    change.peak as f32 / 4.0,
+                    100.0 * change.changed_blocks as f32 / change.blocks.max(1) as f32,
                     self.thresholds.mean,
-                    (last.features.hash ^ features.hash).count_ones()
+                    (last.hash ^ look.hash).count_ones()
                 );
             }
         }
-        let found = self
-            .candidates(&features)
-            .into_iter()
-            .find(|&at| same_picture(&self.window[at].features, &features, &self.thresholds));
+        let found = self.candidates(look.hash).into_iter().find(|&at| {
+            look.change(self.window[at].index)
+                .is_some_and(|change| self.thresholds.same_picture(change))
+        });
         if let Some(at) = found {
             let kept = self.window.remove(at).expect("found in the window");
             let source = kept.index;
@@ -83,7 +125,10 @@ impl Deduplicator {
                 released: Vec::new(),
             };
         }
-        self.window.push_back(Kept { index, features });
+        self.window.push_back(Kept {
+            index,
+            hash: look.hash,
+        });
         let mut released = Vec::new();
         while self.window.len() > self.capacity {
             released.extend(self.window.pop_front().map(|k| k.index));
@@ -93,22 +138,15 @@ impl Deduplicator {
             released,
         }
     }
-}
 
-impl Deduplicator {
     /// Where to look, in order: the most recently used kept frame, then up to
     /// `HASH_CANDIDATES` others whose hash is within `hash_bits`, nearest first.
-    fn candidates(&self, features: &Features) -> Vec<usize> {
+    fn candidates(&self, hash: u64) -> Vec<usize> {
         let Some(last) = self.window.len().checked_sub(1) else {
             return Vec::new();
         };
         let mut near: Vec<(u32, usize)> = (0..last)
-            .map(|at| {
-                (
-                    (self.window[at].features.hash ^ features.hash).count_ones(),
-                    at,
-                )
-            })
+            .map(|at| ((self.window[at].hash ^ hash).count_ones(), at))
             .filter(|&(bits, _)| bits <= self.thresholds.hash_bits)
             .collect();
         // Nearest hash first; among equals, the most recently used.
@@ -123,84 +161,51 @@ impl Deduplicator {
 /// where every kept frame's hash is near.
 const HASH_CANDIDATES: usize = 4;
 
-/// The local check between a kept frame and a new one.
-pub fn same_picture(kept: &Features, new: &Features, t: &Thresholds) -> bool {
-    if (kept.pairs_per_row, kept.cell_rows) != (new.pairs_per_row, new.cell_rows) {
-        return false;
-    }
-    let (wq, ch) = (new.pairs_per_row, new.cell_rows);
-    // Blocks are 4x4 cells: two cell pairs wide, four cell rows high.
-    let (bw, bh) = (wq.div_ceil(2), ch.div_ceil(4));
-    // A cell is the sum of 4 pixels; a block of 16 cells, of 64.
-    let peak = (t.peak * 4.0).floor() as u32;
-    let mean = (t.mean * 64.0).floor() as u32;
-    let mut changed = vec![false; bw * bh];
-    let mut sums = vec![0u32; bw * bh];
-    for plane in 0..3 {
-        sums.iter_mut().for_each(|s| *s = 0);
-        let at = plane * ch * wq;
-        let (a, b) = (&kept.cells[at..at + ch * wq], &new.cells[at..at + ch * wq]);
-        for row in 0..ch {
-            let (ra, rb) = (&a[row * wq..(row + 1) * wq], &b[row * wq..(row + 1) * wq]);
-            let sums = &mut sums[(row / 4) * bw..(row / 4 + 1) * bw];
-            for (pair, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-                let low = (x & 0xffff).abs_diff(y & 0xffff);
-                let high = (x >> 16).abs_diff(y >> 16);
-                if low.max(high) > peak {
-                    return false;
-                }
-                sums[pair / 2] += low + high;
-            }
-        }
-        for (c, &s) in changed.iter_mut().zip(&sums) {
-            *c |= s > mean;
-        }
-    }
-    let count = changed.iter().filter(|&&c| c).count();
-    count as f64 <= f64::from(t.fraction) * (bw * bh) as f64
-}
-
-/// How far apart two frames of one size are, in the units of `Thresholds`: for tuning and traces.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Difference {
-    pub peak: f32,
-    pub worst_block: f32,
-    /// Fraction of blocks whose mean change exceeds the given level.
-    pub changed: f32,
-}
-
-pub fn difference(a: &Features, b: &Features, mean: f32) -> Difference {
-    let (wq, ch) = (a.pairs_per_row, a.cell_rows);
-    let (bw, bh) = (wq.div_ceil(2), ch.div_ceil(4));
-    let mut worst = vec![0u32; bw * bh];
-    let mut peak = 0;
-    for plane in 0..3 {
-        let mut sums = vec![0u32; bw * bh];
-        for row in 0..ch {
-            for pair in 0..wq {
-                let i = (plane * ch + row) * wq + pair;
-                let (x, y) = (a.cells[i], b.cells[i]);
-                let low = (x & 0xffff).abs_diff(y & 0xffff);
-                let high = (x >> 16).abs_diff(y >> 16);
-                peak = peak.max(low).max(high);
-                sums[(row / 4) * bw + pair / 2] += low + high;
-            }
-        }
-        for (w, s) in worst.iter_mut().zip(sums) {
-            *w = (*w).max(s);
-        }
-    }
-    let limit = (mean * 64.0).floor() as u32;
-    Difference {
-        peak: peak as f32 / 4.0,
-        worst_block: worst.iter().copied().max().unwrap_or(0) as f32 / 64.0,
-        changed: worst.iter().filter(|&&w| w > limit).count() as f32 / worst.len().max(1) as f32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use super::super::features::{change, Features};
     use super::*;
+
+    fn same_picture(kept: &Features, new: &Features, t: &Thresholds) -> bool {
+        t.same_picture(&change(kept, new, t.mean_limit()))
+    }
+
+    /// A deduplicator with the kept frames' cells on the host, as the detector holds them.
+    struct Run {
+        decider: Deduplicator,
+        kept: HashMap<u64, Features>,
+    }
+
+    impl Run {
+        fn new(t: Thresholds, capacity: usize) -> Self {
+            Self {
+                decider: Deduplicator::new(t, capacity),
+                kept: HashMap::new(),
+            }
+        }
+
+        fn decide(&mut self, index: u64, features: Features) -> Decision {
+            let mean = self.decider.thresholds().mean_limit();
+            let look = Look {
+                hash: features.hash,
+                changes: self
+                    .kept
+                    .iter()
+                    .map(|(&k, kept)| (k, change(kept, &features, mean)))
+                    .collect(),
+            };
+            let decision = self.decider.decide(index, &look);
+            for released in &decision.released {
+                self.kept.remove(released);
+            }
+            if decision.keeps(index) {
+                self.kept.insert(index, features);
+            }
+            decision
+        }
+    }
 
     const T: Thresholds = Thresholds {
         peak: 8.0,
@@ -255,7 +260,7 @@ mod tests {
 
     #[test]
     fn duplicates_point_at_the_kept_frame_never_along_a_chain() {
-        let mut d = Deduplicator::new(T, 4);
+        let mut d = Run::new(T, 4);
         // A slow fade of 1 level per pixel per frame: each step is small, the sum is not.
         let decisions: Vec<u64> = (0..8)
             .map(|i| d.decide(i, flat(400 + 4 * i as u32, 0)).source)
@@ -265,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_blink_finds_the_open_eyes_again_through_the_hash() {
-        let mut d = Deduplicator::new(T, 4);
+        let mut d = Run::new(T, 4);
         let open = flat(400, 0xff00);
         let mut closed = open.clone();
         set_cell(&mut closed, 0, 2, 2, 0);
@@ -282,7 +287,7 @@ mod tests {
 
     #[test]
     fn frames_leaving_the_window_are_released_least_recently_used_first() {
-        let mut d = Deduplicator::new(T, 2);
+        let mut d = Run::new(T, 2);
         let f = |level| flat(level, 0);
         assert_eq!(d.decide(0, f(0)).released, Vec::<u64>::new());
         assert_eq!(d.decide(1, f(100)).released, Vec::<u64>::new());

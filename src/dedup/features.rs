@@ -110,6 +110,70 @@ impl Features {
     }
 }
 
+/// How a new frame differs from one kept frame of the same size: all the decision needs, and
+/// few enough numbers to come back from the device where the cells stay. Blocks are 8x8 pixels
+/// (4x4 cells, two cell pairs wide), the last row and column of blocks possibly partial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The largest change of one 2x2 cell in one plane (a sum of four pixels: 0..1020).
+    pub peak: u32,
+    /// Blocks whose summed change in some plane exceeds the mean limit.
+    pub changed_blocks: u32,
+    pub blocks: u32,
+}
+
+impl Change {
+    /// Blocks of a frame with `pairs_per_row` x `cell_rows` cells.
+    pub fn blocks_of(pairs_per_row: usize, cell_rows: usize) -> (usize, usize) {
+        (pairs_per_row.div_ceil(2), cell_rows.div_ceil(4))
+    }
+
+    /// Partial results, one `(peak, changed_blocks)` pair per group of blocks, combined.
+    pub fn from_partials(partials: &[u32], blocks: usize) -> Self {
+        let (peak, changed_blocks) = partials
+            .chunks_exact(2)
+            .fold((0, 0), |(peak, count), p| (peak.max(p[0]), count + p[1]));
+        Self {
+            peak,
+            changed_blocks,
+            blocks: blocks as u32,
+        }
+    }
+}
+
+/// The definition of `Change`, computed on the host. `mean_limit` is in block sums (64 pixels):
+/// a block changed when the absolute differences of its cells in one plane add up to more.
+pub fn change(kept: &Features, new: &Features, mean_limit: u32) -> Change {
+    let (wq, ch) = (new.pairs_per_row, new.cell_rows);
+    let (bw, bh) = Change::blocks_of(wq, ch);
+    let mut changed = vec![false; bw * bh];
+    let mut sums = vec![0u32; bw * bh];
+    let mut peak = 0;
+    for plane in 0..3 {
+        sums.iter_mut().for_each(|s| *s = 0);
+        let at = plane * ch * wq;
+        let (a, b) = (&kept.cells[at..at + ch * wq], &new.cells[at..at + ch * wq]);
+        for row in 0..ch {
+            let (ra, rb) = (&a[row * wq..(row + 1) * wq], &b[row * wq..(row + 1) * wq]);
+            let sums = &mut sums[(row / 4) * bw..(row / 4 + 1) * bw];
+            for (pair, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                let low = (x & 0xffff).abs_diff(y & 0xffff);
+                let high = (x >> 16).abs_diff(y >> 16);
+                peak = peak.max(low).max(high);
+                sums[pair / 2] += low + high;
+            }
+        }
+        for (c, &s) in changed.iter_mut().zip(&sums) {
+            *c |= s > mean_limit;
+        }
+    }
+    Change {
+        peak,
+        changed_blocks: changed.iter().filter(|&&c| c).count() as u32,
+        blocks: (bw * bh) as u32,
+    }
+}
+
 /// Builds the hash from its four 16-bit chunks (bits 0..15 first), the form the devices return.
 pub fn hash_from_chunks(chunks: [u32; 4]) -> u64 {
     chunks.iter().enumerate().fold(0, |hash, (i, &c)| {

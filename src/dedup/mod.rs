@@ -1,11 +1,13 @@
 //! Duplicate frames: held drawings (animation on twos and threes, still shots) are found on the
 //! device, so that each unique picture is upscaled once and its duplicates re-use the result.
 //!
-//! - `features`: what is computed per frame (integer 2x2 cell sums and a 64-bit hash), and its
-//!   definition on the host.
-//! - `cubecl_path`: the same as two CubeCL kernels (cuda).
-//! - `burn_path`: the same with burn's tensor ops (cpu; wgpu when the WGSL path cannot run).
-//! - `wgsl`: the same as WGSL shaders on burn's own wgpu device.
+//! - `features`: what is computed per frame (integer 2x2 cell sums and a 64-bit hash) and how two
+//!   frames' cells are compared, defined on the host.
+//! - `cubecl_path`: the same as CubeCL kernels (cuda), kept frames' cells held on the device.
+//! - `wgsl`: the same as WGSL shaders on burn's own wgpu device, cells held there too.
+//! - `burn_path`: the features with burn's tensor ops (cpu; wgpu when the WGSL path cannot run),
+//!   compared on the host.
+//! - `slots`: which device slot holds which kept frame's cells.
 //! - `decide`: the decision against a window of kept frames.
 //! - `pictures`: the same for a folder of images, whose duplicates become hard links.
 
@@ -14,19 +16,22 @@ pub mod cubecl_path;
 pub mod decide;
 pub mod features;
 pub mod pictures;
+pub mod slots;
 pub mod wgsl;
 
 use std::any::Any;
+use std::collections::HashMap;
 
 use burn::backend::cuda::CudaDevice;
 use burn::backend::wgpu::WgpuSetup;
 use burn::tensor::backend::Backend;
 use cubecl::cuda::CudaRuntime;
-use cubecl::prelude::{ComputeClient, Runtime};
+use cubecl::prelude::Runtime;
 
-pub use decide::{Decision, Deduplicator, Thresholds};
+use cubecl_path::DeviceCells;
+pub use decide::{Decision, Deduplicator, Look, Thresholds};
 use features::{Features, Packed};
-use wgsl::WgslFeatures;
+use wgsl::WgslCells;
 
 use crate::video::device_frames::DevicePicture;
 
@@ -66,65 +71,208 @@ impl Level {
     }
 }
 
-/// Computes features on the device that runs the model.
+/// Kept frames each frame is compared with, unless `--dedup-window` says otherwise (or, for a
+/// video, the upscaled pictures kept for re-use would take too much memory).
+pub const WINDOW: usize = 16;
+
+/// A frame as the detector takes it.
+pub enum Frame<'a> {
+    Packed(&'a Packed),
+    /// Decoded and packed on the CUDA device.
+    Device(&'a DevicePicture),
+}
+
+/// Duplicate detection for a run: features and comparisons on the device, decisions on the host.
+pub struct Dedup<B: Backend> {
+    pub detector: Detector<B>,
+    pub decider: Deduplicator,
+}
+
+impl<B: Backend> Dedup<B>
+where
+    B::Device: Any,
+{
+    /// `window` kept frames are compared with each frame.
+    pub fn new(
+        device: &B::Device,
+        wgpu: Option<&WgpuSetup>,
+        thresholds: Thresholds,
+        window: usize,
+    ) -> Self {
+        Self {
+            detector: Detector::new(device, wgpu, &thresholds, window),
+            decider: Deduplicator::new(thresholds, window),
+        }
+    }
+
+    pub fn decide(&mut self, index: u64, frame: Frame<'_>) -> Decision {
+        let look = self.detector.look(frame);
+        let decision = self.decider.decide(index, &look);
+        self.detector.settle(index, &decision);
+        decision
+    }
+}
+
+/// Measures frames against the kept ones, on the device that runs the model.
 pub struct Detector<B: Backend> {
-    device: B::Device,
-    /// On wgpu, when burn's device is known to us.
-    shaders: Option<WgslFeatures>,
-    /// On cuda.
-    cuda: Option<ComputeClient<CudaRuntime>>,
+    way: Way<B>,
+}
+
+enum Way<B: Backend> {
+    Cuda(DeviceCells<CudaRuntime>),
+    /// WGSL where a frame fits the device's bindings, burn's ops otherwise.
+    Wgsl(WgslCells, HostCells<B>),
+    Host(HostCells<B>),
 }
 
 impl<B: Backend> Detector<B>
 where
     B::Device: Any,
 {
-    pub fn new(device: &B::Device, wgpu: Option<&WgpuSetup>) -> Self {
+    pub fn new(
+        device: &B::Device,
+        wgpu: Option<&WgpuSetup>,
+        thresholds: &Thresholds,
+        window: usize,
+    ) -> Self {
         let any: &dyn Any = device;
-        Self {
-            device: device.clone(),
-            shaders: wgpu.map(WgslFeatures::new),
-            cuda: any.downcast_ref::<CudaDevice>().map(CudaRuntime::client),
-        }
+        let mean_limit = thresholds.mean_limit();
+        let host = || HostCells::new(device, mean_limit);
+        let way = match (any.downcast_ref::<CudaDevice>(), wgpu) {
+            (Some(cuda), _) => Way::Cuda(DeviceCells::new(
+                CudaRuntime::client(cuda),
+                window,
+                mean_limit,
+            )),
+            (None, Some(setup)) => Way::Wgsl(WgslCells::new(setup, window, mean_limit), host()),
+            (None, None) => Way::Host(host()),
+        };
+        Self { way }
     }
 
     pub fn name(&self) -> &'static str {
-        match (&self.shaders, &self.cuda) {
-            (Some(_), _) => "WGSL shaders",
-            (_, Some(_)) => "CubeCL kernels",
-            _ => "burn tensor ops",
+        match self.way {
+            Way::Cuda(_) => "CubeCL kernels",
+            Way::Wgsl(..) => "WGSL shaders",
+            Way::Host(_) => "burn tensor ops",
         }
     }
 
-    /// The features of a picture decoded on the CUDA device, computed there; read back to the
-    /// host for another backend (which never receives such pictures in practice).
-    pub fn features_on_device(&mut self, picture: &DevicePicture) -> Features {
-        let (words_per_row, rows) = picture.packed_layout();
-        let words = picture
-            .packed
-            .clone()
-            .expect("device pictures are packed when duplicates are looked for");
-        if let Some(client) = &self.cuda {
-            return cubecl_path::features_of_words(client, words, words_per_row, rows);
+    /// Computes a frame's hash and how it differs from each kept frame.
+    pub fn look(&mut self, frame: Frame<'_>) -> Look {
+        match (&mut self.way, frame) {
+            (Way::Cuda(cells), Frame::Packed(frame)) => cells.look(frame),
+            (Way::Cuda(cells), Frame::Device(picture)) => {
+                let (words_per_row, rows) = picture.packed_layout();
+                cells.look_at_words(picture_words(picture), words_per_row, rows)
+            }
+            (Way::Wgsl(shaders, host), frame) => {
+                let frame = packed_on_host(frame);
+                if shaders.fits(&frame) {
+                    shaders.look(&frame)
+                } else {
+                    host.look(&frame)
+                }
+            }
+            (Way::Host(host), frame) => host.look(&packed_on_host(frame)),
         }
-        let bytes = picture
-            .client
-            .read_one(words)
-            .expect("reading a packed frame back from the device");
-        self.features(&Packed {
-            words: bytemuck::pod_collect_to_vec(&bytes),
-            words_per_row,
-            rows,
-        })
     }
 
-    pub fn features(&mut self, frame: &Packed) -> Features {
-        if let Some(client) = &self.cuda {
-            return cubecl_path::features(client, frame);
+    /// Keeps the frame looked at last if the decision kept it; forgets released ones.
+    pub fn settle(&mut self, index: u64, decision: &Decision) {
+        match &mut self.way {
+            Way::Cuda(cells) => cells.settle(index, decision),
+            Way::Wgsl(shaders, host) => {
+                shaders.settle(index, decision);
+                host.settle(index, decision);
+            }
+            Way::Host(host) => host.settle(index, decision),
         }
-        match &mut self.shaders {
-            Some(shaders) if shaders.fits(frame) => shaders.features(frame),
-            _ => burn_path::features::<B>(frame, &self.device),
+    }
+
+    /// Compiles the kernels for `width` x `height` frames, before the first frame waits for it.
+    pub fn warm_up(&mut self, width: usize, height: usize) {
+        self.look(Frame::Packed(&Packed::new(width, height)));
+        let not_kept = Decision {
+            source: 0,
+            released: Vec::new(),
+        };
+        self.settle(1, &not_kept);
+    }
+}
+
+fn picture_words(picture: &DevicePicture) -> cubecl::server::Handle {
+    picture
+        .packed
+        .clone()
+        .expect("device pictures are packed when duplicates are looked for")
+}
+
+/// A device picture read back, for a detector on another device (which never receives such
+/// pictures in practice).
+fn packed_on_host(frame: Frame<'_>) -> std::borrow::Cow<'_, Packed> {
+    match frame {
+        Frame::Packed(packed) => std::borrow::Cow::Borrowed(packed),
+        Frame::Device(picture) => {
+            let (words_per_row, rows) = picture.packed_layout();
+            let bytes = picture
+                .client
+                .read_one(picture_words(picture))
+                .expect("reading a packed frame back from the device");
+            std::borrow::Cow::Owned(Packed {
+                words: bytemuck::pod_collect_to_vec(&bytes),
+                words_per_row,
+                rows,
+            })
+        }
+    }
+}
+
+/// Features by burn's tensor ops, kept and compared on the host.
+struct HostCells<B: Backend> {
+    device: B::Device,
+    mean_limit: u32,
+    kept: HashMap<u64, Features>,
+    looking: Option<Features>,
+}
+
+impl<B: Backend> HostCells<B> {
+    fn new(device: &B::Device, mean_limit: u32) -> Self {
+        Self {
+            device: device.clone(),
+            mean_limit,
+            kept: HashMap::new(),
+            looking: None,
+        }
+    }
+
+    fn look(&mut self, frame: &Packed) -> Look {
+        let new = burn_path::features::<B>(frame, &self.device);
+        let size = (new.pairs_per_row, new.cell_rows);
+        // As on the devices: a new frame size forgets the kept frames.
+        self.kept
+            .retain(|_, kept| (kept.pairs_per_row, kept.cell_rows) == size);
+        let changes = self
+            .kept
+            .iter()
+            .map(|(&index, kept)| (index, features::change(kept, &new, self.mean_limit)))
+            .collect();
+        let look = Look {
+            hash: new.hash,
+            changes,
+        };
+        self.looking = Some(new);
+        look
+    }
+
+    fn settle(&mut self, index: u64, decision: &Decision) {
+        if let Some(looked) = self.looking.take() {
+            if decision.keeps(index) {
+                self.kept.insert(index, looked);
+            }
+        }
+        for released in &decision.released {
+            self.kept.remove(released);
         }
     }
 }

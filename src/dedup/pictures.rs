@@ -8,15 +8,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use super::features::Packed;
-use super::{Deduplicator, Detector, Thresholds};
+use super::{Dedup, Frame, Thresholds};
 use crate::images::Decoded;
 
-/// Kept pictures each picture is compared with, as for a video's frames.
-pub const WINDOW: usize = 16;
-
 pub struct PictureDedup<B: Backend> {
-    detector: Detector<B>,
-    decider: Deduplicator,
+    dedup: Dedup<B>,
     /// Kept pictures still in the window: their output and whether it was written gray.
     kept: HashMap<u64, (PathBuf, bool)>,
 }
@@ -24,14 +20,13 @@ pub struct PictureDedup<B: Backend> {
 impl<B: Backend> PictureDedup<B> {
     pub fn new(device: &B::Device, thresholds: Thresholds, window: usize) -> Self {
         Self {
-            detector: Detector::new(device, None),
-            decider: Deduplicator::new(thresholds, window),
+            dedup: Dedup::new(device, None, thresholds, window),
             kept: HashMap::new(),
         }
     }
 
     pub fn features_by(&self) -> &'static str {
-        self.detector.name()
+        self.dedup.detector.name()
     }
 
     /// The output that picture `index` (written to `output`) can be a link to, or None when it
@@ -41,8 +36,8 @@ impl<B: Backend> PictureDedup<B> {
         if picture.alpha.is_some() || picture.sixteen_bit {
             return None;
         }
-        let features = self.detector.features(&Packed::from_planar(&picture.rgb));
-        let decision = self.decider.decide(index, features);
+        let packed = Packed::from_planar(&picture.rgb);
+        let decision = self.dedup.decide(index, Frame::Packed(&packed));
         for released in &decision.released {
             self.kept.remove(released);
         }

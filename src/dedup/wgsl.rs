@@ -1,17 +1,30 @@
-//! The features of `features.rs` on the wgpu backend, as WGSL compute shaders
-//! (`shaders/resize.wgsl`, `shaders/hash.wgsl`) dispatched on the very `wgpu::Device` that burn
-//! uses: wgpu compiles WGSL itself, which burn's SPIR-V path cannot take as kernel source.
+//! The features and comparisons of `features.rs` on the wgpu backend, as WGSL compute shaders
+//! (`shaders/resize.wgsl`, `shaders/hash.wgsl`, `shaders/compare.wgsl`) dispatched on the very
+//! `wgpu::Device` that burn uses: wgpu compiles WGSL itself, which burn's SPIR-V path cannot take
+//! as kernel source. Kept frames' cells stay on the device, one buffer per slot (one binding
+//! each, as the device's binding size limits); only the hash and a few numbers per kept frame
+//! come back.
+
+use std::collections::HashMap;
 
 use burn::backend::wgpu::WgpuSetup;
 use wgpu::util::DeviceExt;
+use wgpu::BufferUsages as U;
 
-use super::features::{hash_from_chunks, Features, Packed};
+use super::decide::{Decision, Look};
+use super::features::{hash_from_chunks, Change, Features, Packed};
+use super::slots::Slots;
 
-pub struct WgslFeatures {
+const GROUP: usize = 256;
+
+pub struct WgslCells {
     device: wgpu::Device,
     queue: wgpu::Queue,
     resize: wgpu::ComputePipeline,
     hash: wgpu::ComputePipeline,
+    compare: wgpu::ComputePipeline,
+    mean_limit: u32,
+    slots: Slots,
     buffers: Option<Buffers>,
 }
 
@@ -19,15 +32,22 @@ pub struct WgslFeatures {
 struct Buffers {
     key: (usize, usize),
     frame: wgpu::Buffer,
-    cells: wgpu::Buffer,
+    /// One per slot.
+    cells: Vec<wgpu::Buffer>,
     chunks: wgpu::Buffer,
+    partials: wgpu::Buffer,
     staging: wgpu::Buffer,
-    resize_group: wgpu::BindGroup,
-    hash_group: wgpu::BindGroup,
+    resize_groups: Vec<wgpu::BindGroup>,
+    hash_groups: Vec<wgpu::BindGroup>,
+    /// Per slot compared: where its partial results go.
+    compare_params: Vec<wgpu::Buffer>,
+    /// By (kept slot, new slot), made on first use.
+    compare_groups: HashMap<(usize, usize), wgpu::BindGroup>,
 }
 
-impl WgslFeatures {
-    pub fn new(setup: &WgpuSetup) -> Self {
+impl WgslCells {
+    /// Room for `window` kept frames; `mean_limit` as `Thresholds::mean_limit`.
+    pub fn new(setup: &WgpuSetup, window: usize, mean_limit: u32) -> Self {
         let device = setup.device.clone();
         let pipeline = |name: &str, source: &str| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -46,8 +66,11 @@ impl WgslFeatures {
         Self {
             resize: pipeline("resize", include_str!("../../shaders/resize.wgsl")),
             hash: pipeline("hash", include_str!("../../shaders/hash.wgsl")),
+            compare: pipeline("compare", include_str!("../../shaders/compare.wgsl")),
             queue: setup.queue.clone(),
             device,
+            mean_limit,
+            slots: Slots::new(window),
             buffers: None,
         }
     }
@@ -58,12 +81,20 @@ impl WgslFeatures {
             <= u64::from(self.device.limits().max_storage_buffer_binding_size)
     }
 
-    pub fn features(&mut self, frame: &Packed) -> Features {
+    pub fn look(&mut self, frame: &Packed) -> Look {
         let (wq, rows, ch) = (frame.words_per_row, frame.rows, frame.cell_rows());
         if self.buffers.as_ref().map(|b| b.key) != Some((wq, rows)) {
+            self.slots.clear();
             self.buffers = Some(self.buffers_for(wq, rows));
         }
+        let slot = self.slots.look();
+        let kept: Vec<(usize, u64)> = self.slots.kept().collect();
+        for &(k, _) in &kept {
+            self.compare_group(k, slot);
+        }
         let b = self.buffers.as_ref().expect("made just above");
+        let (bw, bh) = Change::blocks_of(wq, ch);
+        let cubes = (bw * bh).div_ceil(GROUP);
         self.queue
             .write_buffer(&b.frame, 0, bytemuck::cast_slice(&frame.words));
         let mut encoder = self
@@ -77,19 +108,73 @@ impl WgslFeatures {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&self.resize);
-            pass.set_bind_group(0, &b.resize_group, &[]);
+            pass.set_bind_group(0, &b.resize_groups[slot], &[]);
             pass.dispatch_workgroups(wq.div_ceil(64) as u32, ch as u32, 3);
             if frame.has_hash() {
                 pass.set_pipeline(&self.hash);
-                pass.set_bind_group(0, &b.hash_group, &[]);
+                pass.set_bind_group(0, &b.hash_groups[slot], &[]);
                 pass.dispatch_workgroups(1, 1, 1);
             }
+            pass.set_pipeline(&self.compare);
+            for &(k, _) in &kept {
+                pass.set_bind_group(0, &b.compare_groups[&(k, slot)], &[]);
+                pass.dispatch_workgroups(cubes as u32, 1, 1);
+            }
         }
-        let cells_size = (3 * ch * wq * 4) as u64;
-        encoder.copy_buffer_to_buffer(&b.cells, 0, &b.staging, 0, cells_size);
-        encoder.copy_buffer_to_buffer(&b.chunks, 0, &b.staging, cells_size, 16);
+        let partials_size = (self.slots.count() * cubes * 2 * 4) as u64;
+        encoder.copy_buffer_to_buffer(&b.chunks, 0, &b.staging, 0, 16);
+        encoder.copy_buffer_to_buffer(&b.partials, 0, &b.staging, 16, partials_size);
+        let words = self.read_back(encoder, &b.staging);
+        let hash = if frame.has_hash() {
+            hash_from_chunks([words[0], words[1], words[2], words[3]])
+        } else {
+            0
+        };
+        let changes = kept
+            .into_iter()
+            .map(|(k, index)| {
+                let at = 4 + k * cubes * 2;
+                (
+                    index,
+                    Change::from_partials(&words[at..at + cubes * 2], bw * bh),
+                )
+            })
+            .collect();
+        Look { hash, changes }
+    }
+
+    pub fn settle(&mut self, index: u64, decision: &Decision) {
+        self.slots.settle(index, decision);
+    }
+
+    /// A frame's features computed by the shaders and read back: what tests compare with the
+    /// definition. Nothing is kept.
+    pub fn features(&mut self, frame: &Packed) -> Features {
+        let look = self.look(frame);
+        let slot = self.slots.looking().expect("looked at just above");
+        self.slots.clear();
+        let b = self.buffers.as_ref().expect("looked at a frame");
+        let size = b.cells[slot].size();
+        let staging = self.storage(
+            "dedup cells readback",
+            size as usize,
+            U::MAP_READ | U::COPY_DST,
+        );
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.copy_buffer_to_buffer(&b.cells[slot], 0, &staging, 0, size);
+        Features {
+            pairs_per_row: frame.words_per_row,
+            cell_rows: frame.cell_rows(),
+            cells: self.read_back(encoder, &staging),
+            hash: look.hash,
+        }
+    }
+
+    fn read_back(&self, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer) -> Vec<u32> {
         let submitted = self.queue.submit([encoder.finish()]);
-        let slice = b.staging.slice(..);
+        let slice = staging.slice(..);
         slice.map_async(wgpu::MapMode::Read, |_| {});
         // Wait for this submission only, not for model work queued after it by other threads.
         self.device
@@ -98,72 +183,114 @@ impl WgslFeatures {
                 timeout: None,
             })
             .expect("waiting for the dedup shaders");
-        let words: Vec<u32> = bytemuck::cast_slice(&slice.get_mapped_range()).to_vec();
-        b.staging.unmap();
-        let (cells, chunks) = words.split_at(3 * ch * wq);
-        Features {
-            pairs_per_row: wq,
-            cell_rows: ch,
-            cells: cells.to_vec(),
-            hash: if frame.has_hash() {
-                hash_from_chunks([chunks[0], chunks[1], chunks[2], chunks[3]])
-            } else {
-                0
-            },
+        let words = bytemuck::cast_slice(&slice.get_mapped_range()).to_vec();
+        staging.unmap();
+        words
+    }
+
+    fn storage(&self, label: &str, size: usize, usage: U) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size as u64,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn uniform(&self, label: &str, values: [u32; 4]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(&values),
+                usage: U::UNIFORM,
+            })
+    }
+
+    fn group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<_> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buffer)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    fn compare_group(&mut self, kept: usize, new: usize) {
+        let b = self.buffers.as_ref().expect("made before");
+        if b.compare_groups.contains_key(&(kept, new)) {
+            return;
         }
+        let group = self.group(
+            &self.compare,
+            &[
+                &b.cells[kept],
+                &b.cells[new],
+                &b.partials,
+                &b.compare_params[kept],
+            ],
+        );
+        let b = self.buffers.as_mut().expect("made before");
+        b.compare_groups.insert((kept, new), group);
     }
 
     fn buffers_for(&self, wq: usize, rows: usize) -> Buffers {
         let ch = rows / 2;
-        let storage = |label: &str, size: usize, usage: wgpu::BufferUsages| {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: size as u64,
-                usage,
-                mapped_at_creation: false,
-            })
-        };
-        use wgpu::BufferUsages as U;
-        let frame = storage("dedup frame", 3 * rows * wq * 4, U::STORAGE | U::COPY_DST);
-        let cells = storage("dedup cells", 3 * ch * wq * 4, U::STORAGE | U::COPY_SRC);
-        let chunks = storage("dedup hash", 16, U::STORAGE | U::COPY_SRC);
-        let staging = storage(
+        let slots = self.slots.count();
+        let (bw, bh) = Change::blocks_of(wq, ch);
+        let cubes = (bw * bh).div_ceil(GROUP);
+        let frame = self.storage("dedup frame", 3 * rows * wq * 4, U::STORAGE | U::COPY_DST);
+        let cells: Vec<_> = (0..slots)
+            .map(|_| self.storage("dedup cells", 3 * ch * wq * 4, U::STORAGE | U::COPY_SRC))
+            .collect();
+        let chunks = self.storage("dedup hash", 16, U::STORAGE | U::COPY_SRC);
+        let partials = self.storage(
+            "dedup partials",
+            slots * cubes * 2 * 4,
+            U::STORAGE | U::COPY_SRC,
+        );
+        let staging = self.storage(
             "dedup readback",
-            (3 * ch * wq + 4) * 4,
+            (4 + slots * cubes * 2) * 4,
             U::MAP_READ | U::COPY_DST,
         );
-        let uniform = |label: &str, values: [u32; 4]| {
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: bytemuck::cast_slice(&values),
-                    usage: U::UNIFORM,
-                })
-        };
-        let resize_params = uniform("resize params", [wq as u32, rows as u32, ch as u32, 0]);
-        let hash_params = uniform("hash params", [wq as u32, ch as u32, 0, 0]);
-        let group = |pipeline: &wgpu::ComputePipeline, buffers: [&wgpu::Buffer; 3]| {
-            let entries: Vec<_> = buffers
-                .iter()
-                .enumerate()
-                .map(|(i, buffer)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: buffer.as_entire_binding(),
-                })
-                .collect();
-            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
+        let resize_params = self.uniform("resize params", [wq as u32, rows as u32, ch as u32, 0]);
+        let hash_params = self.uniform("hash params", [wq as u32, ch as u32, 0, 0]);
+        let compare_params = (0..slots)
+            .map(|k| {
+                let out_at = (k * cubes * 2) as u32;
+                self.uniform(
+                    "compare params",
+                    [wq as u32, ch as u32, self.mean_limit, out_at],
+                )
             })
-        };
+            .collect();
         Buffers {
             key: (wq, rows),
-            resize_group: group(&self.resize, [&frame, &cells, &resize_params]),
-            hash_group: group(&self.hash, [&cells, &chunks, &hash_params]),
+            resize_groups: cells
+                .iter()
+                .map(|c| self.group(&self.resize, &[&frame, c, &resize_params]))
+                .collect(),
+            hash_groups: cells
+                .iter()
+                .map(|c| self.group(&self.hash, &[c, &chunks, &hash_params]))
+                .collect(),
+            compare_params,
+            compare_groups: HashMap::new(),
             frame,
             cells,
             chunks,
+            partials,
             staging,
         }
     }
