@@ -1,7 +1,6 @@
-// Duplicate-frame features, step 2: a 64-bit average hash of the cells resize.wgsl wrote
-// (src/dedup/features.rs defines it). One workgroup; invocation k sums the luma of region k of an
-// 8x8 grid over the cell pairs, and bit k is set when that region is brighter than the mean.
-// The result is four 16-bit chunks, bits 0..15 first, as the burn path returns it.
+// Duplicate-frame features, step 2: the luma sums of the 64 regions (an 8x8 grid) of the cells
+// resize.wgsl wrote, from which the host sets the 64-bit average hash's bits (src/dedup/features.rs
+// defines it). One workgroup per region; its invocations share the region's cell pairs.
 
 struct Params {
     pairs_per_row: u32,
@@ -11,10 +10,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> cells: array<u32>;
-@group(0) @binding(1) var<storage, read_write> chunks: array<u32, 4>;
+@group(0) @binding(1) var<storage, read_write> regions: array<u32, 64>;
 @group(0) @binding(2) var<uniform> params: Params;
 
-var<workgroup> regions: array<u32, 64>;
+var<workgroup> sums: array<u32, 256>;
 
 fn luma(r: u32, g: u32, b: u32, shift: u32) -> u32 {
     let c_r = (r >> shift) & 0xffffu;
@@ -23,39 +22,36 @@ fn luma(r: u32, g: u32, b: u32, shift: u32) -> u32 {
     return (c_r + 2u * c_g + c_b) / 16u;
 }
 
-@compute @workgroup_size(64, 1, 1)
-fn main(@builtin(local_invocation_index) k: u32) {
+@compute @workgroup_size(256, 1, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) u: u32,
+) {
     let ch = params.cell_rows;
     let wq = params.pairs_per_row;
     let rh = ch / 8u;
     let rw = wq / 8u;
+    let k = group.x;
     let i = k / 8u;
     let j = k % 8u;
     var sum = 0u;
-    for (var row = i * rh; row < (i + 1u) * rh; row++) {
-        for (var pair = j * rw; pair < (j + 1u) * rw; pair++) {
-            let r = cells[row * wq + pair];
-            let g = cells[(ch + row) * wq + pair];
-            let b = cells[(2u * ch + row) * wq + pair];
-            sum += luma(r, g, b, 0u) + luma(r, g, b, 16u);
-        }
+    for (var item = u; item < rh * rw; item += 256u) {
+        let row = i * rh + item / rw;
+        let pair = j * rw + item % rw;
+        let r = cells[row * wq + pair];
+        let g = cells[(ch + row) * wq + pair];
+        let b = cells[(2u * ch + row) * wq + pair];
+        sum += luma(r, g, b, 0u) + luma(r, g, b, 16u);
     }
-    regions[k] = sum;
+    sums[u] = sum;
     workgroupBarrier();
-    if (k == 0u) {
-        var total = 0u;
-        for (var n = 0u; n < 64u; n++) {
-            total += regions[n];
+    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
+        if (u < stride) {
+            sums[u] += sums[u + stride];
         }
-        let mean = total / 64u;
-        for (var c = 0u; c < 4u; c++) {
-            var chunk = 0u;
-            for (var bit = 0u; bit < 16u; bit++) {
-                if (regions[16u * c + bit] > mean) {
-                    chunk |= 1u << bit;
-                }
-            }
-            chunks[c] = chunk;
-        }
+        workgroupBarrier();
+    }
+    if (u == 0u) {
+        regions[k] = sums[0];
     }
 }

@@ -351,7 +351,10 @@ fn dedup_on<B: Backend>(
     let mut next = WINDOW as u64;
     let mut decide_held = |dedup: &mut Dedup<B>, frame: Frame<'_>| {
         let t0 = Instant::now();
-        let look = dedup.detector.look(frame);
+        let decider = &dedup.decider;
+        let look = dedup
+            .detector
+            .look(frame, &|hash| decider.candidates_for(hash));
         let t1 = Instant::now();
         let decision = dedup.decider.decide(next, &look);
         dedup.detector.settle(next, &decision);

@@ -1,14 +1,15 @@
 //! The features and comparisons of `features.rs` as CubeCL kernels (cuda; tested on wgpu too).
 //! Kept frames' cells stay on the device, in a ring of slots: per frame, one launch sums the new
-//! frame's cells into a free slot, one hashes them, one compares them with every kept slot, and
-//! one read-back returns the hash and a few numbers per kept frame, never the cells.
+//! frame's cells into a free slot, one sums the hash's regions, one compares the cells with every
+//! kept slot, and one read-back returns the region sums and two numbers per cube and kept frame,
+//! never the cells.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use cubecl::{calculate_cube_count_elemwise, CubeElement};
 
 use super::decide::{Decision, Look};
-use super::features::{hash_from_chunks, Change, Features, Packed};
+use super::features::{hash_from_regions, Change, Features, Packed};
 use super::slots::Slots;
 
 /// One unit per word of a row pair: the pair of 2x2 cells under it (left in the low 16 bits),
@@ -44,43 +45,63 @@ fn luma(r: u32, g: u32, b: u32, shift: u32) -> u32 {
     (red + 2 * green + blue) / 16
 }
 
-/// One cube of 64 units: unit k sums region k of the 8x8 grid of the cells at `at`; the hash's
-/// four 16-bit chunks go to the start of `result`.
+/// One cube per region k of the 8x8 grid over the cells at `at`: its units share the region's
+/// cell pairs, and the region's luma sum goes to `result[k]`.
 #[cube(launch_unchecked)]
-fn hash(ring: &Array<u32>, result: &mut Array<u32>, pairs_per_row: u32, cell_rows: u32, at: u32) {
-    let k = UNIT_POS as usize;
-    let wq = pairs_per_row as usize;
-    let ch = cell_rows as usize;
+fn regions(
+    ring: &Array<u32>,
+    result: &mut Array<u32>,
+    pairs_per_row: u32,
+    cell_rows: u32,
+    at: u32,
+) {
+    let k = CUBE_POS_X as usize;
+    let u = UNIT_POS as usize;
+    let (wq, ch) = (pairs_per_row as usize, cell_rows as usize);
     let base = at as usize;
     let (rh, rw) = (ch / 8, wq / 8);
     let (i, j) = (k / 8, k % 8);
-    let mut regions = SharedMemory::<u32>::new(64usize);
+    let n = rh * rw;
+    let group = GROUP as usize;
     let mut sum = 0u32;
-    for row in i * rh..(i + 1) * rh {
-        for pair in j * rw..(j + 1) * rw {
+    for step in 0..(n + group - 1) / group {
+        let item = step * group + u;
+        if item < n {
+            let row = i * rh + item / rw;
+            let pair = j * rw + item % rw;
             let r = ring[base + row * wq + pair];
             let g = ring[base + (ch + row) * wq + pair];
             let b = ring[base + (2 * ch + row) * wq + pair];
             sum += luma(r, g, b, 0) + luma(r, g, b, 16);
         }
     }
-    regions[k] = sum;
+    let mut sums = SharedMemory::<u32>::new(GROUP as usize);
+    sums[u] = sum;
     sync_cube();
-    if k < 4 {
-        let mut total = 0u32;
-        for n in 0..64usize {
-            total += regions[n];
-        }
-        let mean = total / 64;
-        let mut chunk = 0u32;
-        for bit in 0..16usize {
-            if regions[16 * k + bit] > mean {
-                chunk |= 1u32 << bit as u32;
-            }
-        }
-        result[k] = chunk;
+    add_upper(&mut sums, u, 128usize);
+    add_upper(&mut sums, u, 64usize);
+    add_upper(&mut sums, u, 32usize);
+    add_upper(&mut sums, u, 16usize);
+    add_upper(&mut sums, u, 8usize);
+    add_upper(&mut sums, u, 4usize);
+    add_upper(&mut sums, u, 2usize);
+    add_upper(&mut sums, u, 1usize);
+    if u == 0 {
+        result[k] = sums[0];
     }
 }
+
+/// One step of a cube's sum: the lower `stride` units add in the upper ones' values.
+#[cube]
+fn add_upper(sums: &mut SharedMemory<u32>, u: usize, #[comptime] stride: usize) {
+    if u < stride {
+        sums[u] += sums[u + stride];
+    }
+    sync_cube();
+}
+
+/// Words at the start of the result: the hash's region sums.
+const REGIONS: usize = 64;
 
 const GROUP: u32 = 256;
 
@@ -98,7 +119,7 @@ fn distance(a: u32, b: u32) -> u32 {
 /// One unit per 8x8 block, one cube row per slot (`CUBE_POS_Z`): the block's largest cell change
 /// against the new frame's cells, and whether its summed change in some plane exceeds
 /// `mean_limit`. Each cube writes its largest change and its count of changed blocks after the
-/// hash in `result`.
+/// region sums in `result`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn compare(
@@ -160,7 +181,7 @@ fn compare(
     fold(&mut peaks, &mut counts, u, 2usize);
     fold(&mut peaks, &mut counts, u, 1usize);
     if u == 0 {
-        let out = 4 + (CUBE_POS_Z as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize) * 2;
+        let out = REGIONS + (CUBE_POS_Z as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize) * 2;
         result[out] = peaks[0];
         result[out + 1] = counts[0];
     }
@@ -232,7 +253,7 @@ impl<R: Runtime> DeviceCells<R> {
         let (bw, bh) = Change::blocks_of(wq, ch);
         let cubes = (bw * bh).div_ceil(GROUP as usize);
         let compared = kept.iter().map(|&(s, _)| s + 1).max().unwrap_or(0);
-        let result_words = 4 + self.slots.count() * cubes * 2;
+        let result_words = REGIONS + self.slots.count() * cubes * 2;
         let result = self.client.empty(result_words * 4);
         let has_hash = ch >= 8 && wq >= 8;
         let cube = CubeDim::new_1d(256);
@@ -250,10 +271,10 @@ impl<R: Runtime> DeviceCells<R> {
                 (slot * slot_words) as u32,
             );
             if has_hash {
-                hash::launch_unchecked::<R>(
+                regions::launch_unchecked::<R>(
                     &self.client,
-                    CubeCount::Static(1, 1, 1),
-                    CubeDim::new_1d(64),
+                    CubeCount::Static(REGIONS as u32, 1, 1),
+                    CubeDim::new_1d(GROUP),
                     ArrayArg::from_raw_parts(ring.clone(), ring_words),
                     ArrayArg::from_raw_parts(result.clone(), result_words),
                     wq as u32,
@@ -282,14 +303,14 @@ impl<R: Runtime> DeviceCells<R> {
             .expect("reading duplicate-frame measures back from the device");
         let values = u32::from_bytes(&bytes);
         let hash = if has_hash {
-            hash_from_chunks([values[0], values[1], values[2], values[3]])
+            hash_from_regions(&values[..REGIONS])
         } else {
             0
         };
         let changes = kept
             .into_iter()
             .map(|(slot, index)| {
-                let at = 4 + slot * cubes * 2;
+                let at = REGIONS + slot * cubes * 2;
                 (
                     index,
                     Change::from_partials(&values[at..at + cubes * 2], bw * bh),

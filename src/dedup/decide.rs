@@ -139,6 +139,14 @@ impl Deduplicator {
         }
     }
 
+    /// The kept frames that a frame with this hash is compared with.
+    pub fn candidates_for(&self, hash: u64) -> Vec<u64> {
+        self.candidates(hash)
+            .into_iter()
+            .map(|at| self.window[at].index)
+            .collect()
+    }
+
     /// Where to look, in order: the most recently used kept frame, then up to
     /// `HASH_CANDIDATES` others whose hash is within `hash_bits`, nearest first.
     fn candidates(&self, hash: u64) -> Vec<usize> {

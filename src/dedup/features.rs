@@ -7,7 +7,8 @@
 //!   one in its low 16 bits.
 //! - **hash**: a 64-bit average hash of the luma thumbnail ((R + 2G + B) / 16 per cell, summed per
 //!   pair), 8x8 regions, one bit per region: set when the region is brighter than the regions'
-//!   mean. It only finds candidates; the cells decide.
+//!   mean. The devices sum the regions, the host sets the bits. It only finds candidates; the
+//!   cells decide.
 //!
 //! The frame is uploaded as packed bytes: each plane is padded with zeros to a width that is a
 //! multiple of 4 and an even height, four pixels per little-endian word.
@@ -234,6 +235,12 @@ fn reference_hash(cells: &[u32], wq: usize, ch: usize) -> u64 {
             }
         }
     }
+    hash_from_regions(&regions)
+}
+
+/// The hash from the luma sums of its 64 regions (row by row of the 8x8 grid), as the devices
+/// return them: bit k is set when region k is brighter than the regions' mean.
+pub fn hash_from_regions(regions: &[u32]) -> u64 {
     let mean = regions.iter().sum::<u32>() / 64;
     regions
         .iter()

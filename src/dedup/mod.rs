@@ -106,7 +106,10 @@ where
     }
 
     pub fn decide(&mut self, index: u64, frame: Frame<'_>) -> Decision {
-        let look = self.detector.look(frame);
+        let decider = &self.decider;
+        let look = self
+            .detector
+            .look(frame, &|hash| decider.candidates_for(hash));
         let decision = self.decider.decide(index, &look);
         self.detector.settle(index, &decision);
         decision
@@ -119,7 +122,10 @@ pub struct Detector<B: Backend> {
 }
 
 enum Way<B: Backend> {
-    Cuda(DeviceCells<CudaRuntime>),
+    /// Frames on the GPU (decoded by NVDEC) there; frames on the host there, with the
+    /// definition: uploading them for detection slowed burn's generic operations on the same
+    /// device by half (RRDBNet, H200), and the CPU keeps up.
+    Cuda(DeviceCells<CudaRuntime>, HostCells<B>),
     /// WGSL where a frame fits the device's bindings, burn's ops otherwise.
     Wgsl(WgslCells, HostCells<B>),
     Host(HostCells<B>),
@@ -137,13 +143,18 @@ where
     ) -> Self {
         let any: &dyn Any = device;
         let mean_limit = thresholds.mean_limit();
-        let host = || HostCells::new(device, mean_limit);
+        let host = || HostCells::new(device, mean_limit, false);
+        // For comparisons: the definition on the host's CPU, whatever the device.
+        if std::env::var_os("UPFRAME_DEDUP_ON_HOST").is_some_and(|v| v == "1") {
+            return Self {
+                way: Way::Host(HostCells::new(device, mean_limit, true)),
+            };
+        }
         let way = match (any.downcast_ref::<CudaDevice>(), wgpu) {
-            (Some(cuda), _) => Way::Cuda(DeviceCells::new(
-                CudaRuntime::client(cuda),
-                window,
-                mean_limit,
-            )),
+            (Some(cuda), _) => Way::Cuda(
+                DeviceCells::new(CudaRuntime::client(cuda), window, mean_limit),
+                HostCells::new(device, mean_limit, true),
+            ),
             (None, Some(setup)) => Way::Wgsl(WgslCells::new(setup, window, mean_limit), host()),
             (None, None) => Way::Host(host()),
         };
@@ -151,37 +162,45 @@ where
     }
 
     pub fn name(&self) -> &'static str {
-        match self.way {
-            Way::Cuda(_) => "CubeCL kernels",
+        match &self.way {
+            Way::Cuda(..) => {
+                "CubeCL kernels for frames on the GPU, the definition on the CPU for others"
+            }
             Way::Wgsl(..) => "WGSL shaders",
+            Way::Host(host) if host.on_cpu => "the definition on the CPU",
             Way::Host(_) => "burn tensor ops",
         }
     }
 
-    /// Computes a frame's hash and how it differs from each kept frame.
-    pub fn look(&mut self, frame: Frame<'_>) -> Look {
+    /// Computes a frame's hash and how it differs from kept frames: on a device, from every kept
+    /// frame (one pass over all costs less than a second read-back); on the host, from those
+    /// that `candidates` gives for the hash.
+    pub fn look(&mut self, frame: Frame<'_>, candidates: &dyn Fn(u64) -> Vec<u64>) -> Look {
         match (&mut self.way, frame) {
-            (Way::Cuda(cells), Frame::Packed(frame)) => cells.look(frame),
-            (Way::Cuda(cells), Frame::Device(picture)) => {
+            (Way::Cuda(cells, _), Frame::Device(picture)) => {
                 let (words_per_row, rows) = picture.packed_layout();
                 cells.look_at_words(picture_words(picture), words_per_row, rows)
             }
+            (Way::Cuda(_, host), Frame::Packed(frame)) => host.look(frame, candidates),
             (Way::Wgsl(shaders, host), frame) => {
                 let frame = packed_on_host(frame);
                 if shaders.fits(&frame) {
                     shaders.look(&frame)
                 } else {
-                    host.look(&frame)
+                    host.look(&frame, candidates)
                 }
             }
-            (Way::Host(host), frame) => host.look(&packed_on_host(frame)),
+            (Way::Host(host), frame) => host.look(&packed_on_host(frame), candidates),
         }
     }
 
     /// Keeps the frame looked at last if the decision kept it; forgets released ones.
     pub fn settle(&mut self, index: u64, decision: &Decision) {
         match &mut self.way {
-            Way::Cuda(cells) => cells.settle(index, decision),
+            Way::Cuda(cells, host) => {
+                cells.settle(index, decision);
+                host.settle(index, decision);
+            }
             Way::Wgsl(shaders, host) => {
                 shaders.settle(index, decision);
                 host.settle(index, decision);
@@ -192,7 +211,7 @@ where
 
     /// Compiles the kernels for `width` x `height` frames, before the first frame waits for it.
     pub fn warm_up(&mut self, width: usize, height: usize) {
-        self.look(Frame::Packed(&Packed::new(width, height)));
+        self.look(Frame::Packed(&Packed::new(width, height)), &|_| Vec::new());
         let not_kept = Decision {
             source: 0,
             released: Vec::new(),
@@ -228,34 +247,43 @@ fn packed_on_host(frame: Frame<'_>) -> std::borrow::Cow<'_, Packed> {
     }
 }
 
-/// Features by burn's tensor ops, kept and compared on the host.
+/// Features by burn's tensor ops (or the definition itself, `on_cpu`), kept and compared on the
+/// host.
 struct HostCells<B: Backend> {
     device: B::Device,
+    on_cpu: bool,
     mean_limit: u32,
     kept: HashMap<u64, Features>,
     looking: Option<Features>,
 }
 
 impl<B: Backend> HostCells<B> {
-    fn new(device: &B::Device, mean_limit: u32) -> Self {
+    fn new(device: &B::Device, mean_limit: u32, on_cpu: bool) -> Self {
         Self {
             device: device.clone(),
+            on_cpu,
             mean_limit,
             kept: HashMap::new(),
             looking: None,
         }
     }
 
-    fn look(&mut self, frame: &Packed) -> Look {
-        let new = burn_path::features::<B>(frame, &self.device);
+    fn look(&mut self, frame: &Packed, candidates: &dyn Fn(u64) -> Vec<u64>) -> Look {
+        let new = if self.on_cpu {
+            features::reference(frame)
+        } else {
+            burn_path::features::<B>(frame, &self.device)
+        };
         let size = (new.pairs_per_row, new.cell_rows);
         // As on the devices: a new frame size forgets the kept frames.
         self.kept
             .retain(|_, kept| (kept.pairs_per_row, kept.cell_rows) == size);
-        let changes = self
-            .kept
-            .iter()
-            .map(|(&index, kept)| (index, features::change(kept, &new, self.mean_limit)))
+        let changes = candidates(new.hash)
+            .into_iter()
+            .filter_map(|index| {
+                let kept = self.kept.get(&index)?;
+                Some((index, features::change(kept, &new, self.mean_limit)))
+            })
             .collect();
         let look = Look {
             hash: new.hash,

@@ -12,10 +12,12 @@ use wgpu::util::DeviceExt;
 use wgpu::BufferUsages as U;
 
 use super::decide::{Decision, Look};
-use super::features::{hash_from_chunks, Change, Features, Packed};
+use super::features::{hash_from_regions, Change, Features, Packed};
 use super::slots::Slots;
 
 const GROUP: usize = 256;
+/// Words at the start of the read-back: the hash's region sums.
+const REGIONS: usize = 64;
 
 pub struct WgslCells {
     device: wgpu::Device,
@@ -34,7 +36,8 @@ struct Buffers {
     frame: wgpu::Buffer,
     /// One per slot.
     cells: Vec<wgpu::Buffer>,
-    chunks: wgpu::Buffer,
+    /// The hash's region sums.
+    regions: wgpu::Buffer,
     partials: wgpu::Buffer,
     staging: wgpu::Buffer,
     resize_groups: Vec<wgpu::BindGroup>,
@@ -113,7 +116,7 @@ impl WgslCells {
             if frame.has_hash() {
                 pass.set_pipeline(&self.hash);
                 pass.set_bind_group(0, &b.hash_groups[slot], &[]);
-                pass.dispatch_workgroups(1, 1, 1);
+                pass.dispatch_workgroups(REGIONS as u32, 1, 1);
             }
             pass.set_pipeline(&self.compare);
             for &(k, _) in &kept {
@@ -122,18 +125,24 @@ impl WgslCells {
             }
         }
         let partials_size = (self.slots.count() * cubes * 2 * 4) as u64;
-        encoder.copy_buffer_to_buffer(&b.chunks, 0, &b.staging, 0, 16);
-        encoder.copy_buffer_to_buffer(&b.partials, 0, &b.staging, 16, partials_size);
+        encoder.copy_buffer_to_buffer(&b.regions, 0, &b.staging, 0, 4 * REGIONS as u64);
+        encoder.copy_buffer_to_buffer(
+            &b.partials,
+            0,
+            &b.staging,
+            4 * REGIONS as u64,
+            partials_size,
+        );
         let words = self.read_back(encoder, &b.staging);
         let hash = if frame.has_hash() {
-            hash_from_chunks([words[0], words[1], words[2], words[3]])
+            hash_from_regions(&words[..REGIONS])
         } else {
             0
         };
         let changes = kept
             .into_iter()
             .map(|(k, index)| {
-                let at = 4 + k * cubes * 2;
+                let at = REGIONS + k * cubes * 2;
                 (
                     index,
                     Change::from_partials(&words[at..at + cubes * 2], bw * bh),
@@ -253,7 +262,7 @@ impl WgslCells {
         let cells: Vec<_> = (0..slots)
             .map(|_| self.storage("dedup cells", 3 * ch * wq * 4, U::STORAGE | U::COPY_SRC))
             .collect();
-        let chunks = self.storage("dedup hash", 16, U::STORAGE | U::COPY_SRC);
+        let regions = self.storage("dedup hash regions", 4 * REGIONS, U::STORAGE | U::COPY_SRC);
         let partials = self.storage(
             "dedup partials",
             slots * cubes * 2 * 4,
@@ -261,7 +270,7 @@ impl WgslCells {
         );
         let staging = self.storage(
             "dedup readback",
-            (4 + slots * cubes * 2) * 4,
+            (REGIONS + slots * cubes * 2) * 4,
             U::MAP_READ | U::COPY_DST,
         );
         let resize_params = self.uniform("resize params", [wq as u32, rows as u32, ch as u32, 0]);
@@ -283,13 +292,13 @@ impl WgslCells {
                 .collect(),
             hash_groups: cells
                 .iter()
-                .map(|c| self.group(&self.hash, &[c, &chunks, &hash_params]))
+                .map(|c| self.group(&self.hash, &[c, &regions, &hash_params]))
                 .collect(),
             compare_params,
             compare_groups: HashMap::new(),
             frame,
             cells,
-            chunks,
+            regions,
             partials,
             staging,
         }
