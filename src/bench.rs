@@ -376,19 +376,27 @@ fn dedup_on<B: Backend>(
             decide.push(deciding);
         }
     }
-    // Frames decoded by NVDEC are packed on the device already: no packing, no upload.
+    // Frames decoded by NVDEC are packed on the device already: no packing, no upload. A
+    // detector of its own, whose kept frames came the same way.
     let mut resident = Vec::new();
     if let Some(client) = cuda {
-        let words = client.create_from_slice(bytemuck::cast_slice(&pack(&held).words));
-        let picture = crate::video::device_frames::DevicePicture {
-            client: client.clone(),
-            planes: words.clone(),
-            packed: Some(words),
-            width: w,
-            height: h,
+        let on_device = |planes: &[u8]| {
+            let words = client.create_from_slice(bytemuck::cast_slice(&pack(planes).words));
+            crate::video::device_frames::DevicePicture {
+                client: client.clone(),
+                planes: words.clone(),
+                packed: Some(words),
+                width: w,
+                height: h,
+            }
         };
+        let mut dedup = Dedup::<B>::new(device, wgpu, thresholds, WINDOW);
+        for (i, picture) in pictures.iter().enumerate() {
+            dedup.decide(i as u64, Frame::Device(&on_device(picture)));
+        }
+        let held = on_device(&held);
         for run in 0..runs.max(1) + 3 {
-            let (looking, _) = decide_held(&mut dedup, Frame::Device(&picture));
+            let (looking, _) = decide_held(&mut dedup, Frame::Device(&held));
             if run >= 3 {
                 resident.push(looking);
             }

@@ -122,10 +122,7 @@ pub struct Detector<B: Backend> {
 }
 
 enum Way<B: Backend> {
-    /// Frames on the GPU (decoded by NVDEC) there; frames on the host there, with the
-    /// definition: uploading them for detection slowed burn's generic operations on the same
-    /// device by half (RRDBNet, H200), and the CPU keeps up.
-    Cuda(DeviceCells<CudaRuntime>, HostCells<B>),
+    Cuda(DeviceCells<CudaRuntime>),
     /// WGSL where a frame fits the device's bindings, burn's ops otherwise.
     Wgsl(WgslCells, HostCells<B>),
     Host(HostCells<B>),
@@ -151,10 +148,11 @@ where
             };
         }
         let way = match (any.downcast_ref::<CudaDevice>(), wgpu) {
-            (Some(cuda), _) => Way::Cuda(
-                DeviceCells::new(CudaRuntime::client(cuda), window, mean_limit),
-                HostCells::new(device, mean_limit, true),
-            ),
+            (Some(cuda), _) => Way::Cuda(DeviceCells::new(
+                CudaRuntime::client(cuda),
+                window,
+                mean_limit,
+            )),
             (None, Some(setup)) => Way::Wgsl(WgslCells::new(setup, window, mean_limit), host()),
             (None, None) => Way::Host(host()),
         };
@@ -163,9 +161,7 @@ where
 
     pub fn name(&self) -> &'static str {
         match &self.way {
-            Way::Cuda(..) => {
-                "CubeCL kernels for frames on the GPU, the definition on the CPU for others"
-            }
+            Way::Cuda(_) => "CubeCL kernels",
             Way::Wgsl(..) => "WGSL shaders",
             Way::Host(host) if host.on_cpu => "the definition on the CPU",
             Way::Host(_) => "burn tensor ops",
@@ -177,11 +173,11 @@ where
     /// that `candidates` gives for the hash.
     pub fn look(&mut self, frame: Frame<'_>, candidates: &dyn Fn(u64) -> Vec<u64>) -> Look {
         match (&mut self.way, frame) {
-            (Way::Cuda(cells, _), Frame::Device(picture)) => {
+            (Way::Cuda(cells), Frame::Device(picture)) => {
                 let (words_per_row, rows) = picture.packed_layout();
                 cells.look_at_words(picture_words(picture), words_per_row, rows)
             }
-            (Way::Cuda(_, host), Frame::Packed(frame)) => host.look(frame, candidates),
+            (Way::Cuda(cells), Frame::Packed(frame)) => cells.look(frame),
             (Way::Wgsl(shaders, host), frame) => {
                 let frame = packed_on_host(frame);
                 if shaders.fits(&frame) {
@@ -197,10 +193,7 @@ where
     /// Keeps the frame looked at last if the decision kept it; forgets released ones.
     pub fn settle(&mut self, index: u64, decision: &Decision) {
         match &mut self.way {
-            Way::Cuda(cells, host) => {
-                cells.settle(index, decision);
-                host.settle(index, decision);
-            }
+            Way::Cuda(cells) => cells.settle(index, decision),
             Way::Wgsl(shaders, host) => {
                 shaders.settle(index, decision);
                 host.settle(index, decision);
