@@ -98,7 +98,7 @@ impl Features {
     /// The sum of one cell.
     pub fn cell(&self, plane: usize, row: usize, column: usize) -> u32 {
         let word = self.cells[(plane * self.cell_rows + row) * self.pairs_per_row + column / 2];
-        if column % 2 == 0 {
+        if column.is_multiple_of(2) {
             word & 0xffff
         } else {
             word >> 16

@@ -121,6 +121,8 @@ pub struct Detector<B: Backend> {
     way: Way<B>,
 }
 
+// One detector per run: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Way<B: Backend> {
     Cuda(DeviceCells<CudaRuntime>),
     /// WGSL where a frame fits the device's bindings, burn's ops otherwise.
@@ -202,14 +204,27 @@ where
         }
     }
 
-    /// Compiles the kernels for `width` x `height` frames, before the first frame waits for it.
+    /// Compiles the kernels for `width` x `height` frames, before the first frame waits for it:
+    /// a frame kept, a second one compared with it, then both forgotten.
     pub fn warm_up(&mut self, width: usize, height: usize) {
-        self.look(Frame::Packed(&Packed::new(width, height)), &|_| Vec::new());
-        let not_kept = Decision {
-            source: 0,
-            released: Vec::new(),
-        };
-        self.settle(1, &not_kept);
+        let frame = Packed::new(width, height);
+        let none = |_| Vec::new();
+        self.look(Frame::Packed(&frame), &none);
+        self.settle(
+            0,
+            &Decision {
+                source: 0,
+                released: Vec::new(),
+            },
+        );
+        self.look(Frame::Packed(&frame), &none);
+        self.settle(
+            1,
+            &Decision {
+                source: 0,
+                released: vec![0],
+            },
+        );
     }
 }
 
@@ -295,5 +310,24 @@ impl<B: Backend> HostCells<B> {
         for released in &decision.released {
             self.kept.remove(released);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    #[test]
+    fn warming_up_leaves_no_kept_frame_behind() {
+        let t = Level::Normal.thresholds().expect("normal");
+        let mut detector = Detector::<NdArray>::new(&Default::default(), None, &t, 4);
+        detector.warm_up(32, 16);
+        let frame = Packed::new(32, 16);
+        let everyone = |_| (0..4).collect();
+        assert!(detector
+            .look(Frame::Packed(&frame), &everyone)
+            .changes
+            .is_empty());
     }
 }

@@ -80,8 +80,7 @@ impl WgslCells {
 
     /// Whether one plane set of this size fits the device's largest storage binding.
     pub fn fits(&self, frame: &Packed) -> bool {
-        (frame.words.len() * 4) as u64
-            <= u64::from(self.device.limits().max_storage_buffer_binding_size)
+        (frame.words.len() * 4) as u64 <= self.device.limits().max_storage_buffer_binding_size
     }
 
     pub fn look(&mut self, frame: &Packed) -> Look {

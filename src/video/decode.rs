@@ -113,7 +113,7 @@ pub fn open(path: &Path, hwdec: HwDecode) -> Result<Source> {
     let decoder_kind = unsafe {
         (*context.as_mut_ptr()).pkt_timebase = stream.time_base().into();
         match hwdec {
-            HwDecode::Cuda { device } if hwdec::codec_supports_cuda(codec.as_ptr()) => {
+            HwDecode::Cuda { device } if hwdec::codec_supports_cuda(&codec) => {
                 match hwdec::attach_cuda(context.as_mut_ptr(), device) {
                     Ok(()) => "nvdec",
                     Err(reason) => {

@@ -10,10 +10,11 @@ use ffmpeg_next::util::frame;
 
 /// Whether `codec` can decode into CUDA frames at all (a build without NVDEC, or a codec NVDEC
 /// lacks, says no).
-pub fn codec_supports_cuda(codec: *const ffi::AVCodec) -> bool {
+pub fn codec_supports_cuda(codec: &ffmpeg_next::Codec) -> bool {
     for i in 0.. {
-        // SAFETY: avcodec_get_hw_config returns null past the last config.
-        let config = unsafe { ffi::avcodec_get_hw_config(codec, i) };
+        // SAFETY: the codec is a valid, static AVCodec; avcodec_get_hw_config returns null past
+        // the last config.
+        let config = unsafe { ffi::avcodec_get_hw_config(codec.as_ptr(), i) };
         let Some(config) = (unsafe { config.as_ref() }) else {
             return false;
         };
