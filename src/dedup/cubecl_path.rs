@@ -9,7 +9,7 @@ use cubecl::server::Handle;
 use cubecl::{calculate_cube_count_elemwise, CubeElement};
 
 use super::decide::{Decision, Look};
-use super::features::{hash_from_regions, Change, Features, Packed};
+use super::features::{Change, Features, Packed, REGIONS};
 use super::slots::Slots;
 
 /// One unit per word of a row pair: the pair of 2x2 cells under it (left in the low 16 bits),
@@ -99,9 +99,6 @@ fn add_upper(sums: &mut SharedMemory<u32>, u: usize, #[comptime] stride: usize) 
     }
     sync_cube();
 }
-
-/// Words at the start of the result: the hash's region sums.
-const REGIONS: usize = 64;
 
 const GROUP: u32 = 256;
 
@@ -301,23 +298,7 @@ impl<R: Runtime> DeviceCells<R> {
             .client
             .read_one(result)
             .expect("reading duplicate-frame measures back from the device");
-        let values = u32::from_bytes(&bytes);
-        let hash = if has_hash {
-            hash_from_regions(&values[..REGIONS])
-        } else {
-            0
-        };
-        let changes = kept
-            .into_iter()
-            .map(|(slot, index)| {
-                let at = REGIONS + slot * cubes * 2;
-                (
-                    index,
-                    Change::from_partials(&values[at..at + cubes * 2], bw * bh),
-                )
-            })
-            .collect();
-        Look { hash, changes }
+        Look::from_read_back(u32::from_bytes(&bytes), has_hash, kept, cubes, bw * bh)
     }
 
     pub fn settle(&mut self, index: u64, decision: &Decision) {

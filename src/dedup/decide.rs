@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::features::Change;
+use super::features::{hash_from_regions, Change, REGIONS};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Thresholds {
@@ -51,6 +51,32 @@ pub struct Look {
 }
 
 impl Look {
+    /// What a device read back: the hash's `REGIONS` region sums (unset when the frame is too
+    /// small for a hash), then for each slot, per cube of blocks, its largest change and its
+    /// count of changed blocks. `kept` are the slots holding kept frames, and their indices.
+    pub fn from_read_back(
+        words: &[u32],
+        has_hash: bool,
+        kept: Vec<(usize, u64)>,
+        cubes: usize,
+        blocks: usize,
+    ) -> Self {
+        let hash = if has_hash {
+            hash_from_regions(&words[..REGIONS])
+        } else {
+            0
+        };
+        let changes = kept
+            .into_iter()
+            .map(|(slot, index)| {
+                let at = REGIONS + slot * cubes * 2;
+                let partials = &words[at..at + cubes * 2];
+                (index, Change::from_partials(partials, blocks))
+            })
+            .collect();
+        Self { hash, changes }
+    }
+
     fn change(&self, kept: u64) -> Option<&Change> {
         self.changes
             .iter()

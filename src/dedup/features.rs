@@ -238,6 +238,9 @@ fn reference_hash(cells: &[u32], wq: usize, ch: usize) -> u64 {
     hash_from_regions(&regions)
 }
 
+/// Regions of the hash: an 8x8 grid.
+pub const REGIONS: usize = 64;
+
 /// The hash from the luma sums of its 64 regions (row by row of the 8x8 grid), as the devices
 /// return them: bit k is set when region k is brighter than the regions' mean.
 pub fn hash_from_regions(regions: &[u32]) -> u64 {

@@ -12,12 +12,10 @@ use wgpu::util::DeviceExt;
 use wgpu::BufferUsages as U;
 
 use super::decide::{Decision, Look};
-use super::features::{hash_from_regions, Change, Features, Packed};
+use super::features::{Change, Features, Packed, REGIONS};
 use super::slots::Slots;
 
 const GROUP: usize = 256;
-/// Words at the start of the read-back: the hash's region sums.
-const REGIONS: usize = 64;
 
 pub struct WgslCells {
     device: wgpu::Device,
@@ -133,22 +131,7 @@ impl WgslCells {
             partials_size,
         );
         let words = self.read_back(encoder, &b.staging);
-        let hash = if frame.has_hash() {
-            hash_from_regions(&words[..REGIONS])
-        } else {
-            0
-        };
-        let changes = kept
-            .into_iter()
-            .map(|(k, index)| {
-                let at = REGIONS + k * cubes * 2;
-                (
-                    index,
-                    Change::from_partials(&words[at..at + cubes * 2], bw * bh),
-                )
-            })
-            .collect();
-        Look { hash, changes }
+        Look::from_read_back(&words, frame.has_hash(), kept, cubes, bw * bh)
     }
 
     pub fn settle(&mut self, index: u64, decision: &Decision) {
