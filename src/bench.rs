@@ -270,8 +270,13 @@ pub struct DedupRow {
     pub detect: Duration,
     /// The decision on the host from what the device returned.
     pub decide: Duration,
-    /// On cuda, `detect` for a frame already packed on the device, as NVDEC frames are.
+    /// On cuda, `detect` for a frame already packed on the device, as NVDEC frames are and as
+    /// software-decoded frames are once uploaded.
     pub resident: Option<Duration>,
+    /// On cuda, the upload of a software-decoded yuv420p frame with its conversion and packing on
+    /// the device (shared by the model and the detector), and the f32 planes' upload the model
+    /// made before.
+    pub upload: Option<(Duration, Duration)>,
 }
 
 impl DedupRow {
@@ -288,10 +293,7 @@ pub fn dedup_cost(plan: &BenchPlan, mut report: impl FnMut(&DedupRow)) -> Result
         let info = target.info().clone();
         for &(w, h) in &plan.sizes {
             let row = match &target {
-                Selected::Cuda(d, _) => {
-                    let client = <CudaRuntime as cubecl::Runtime>::client(d);
-                    dedup_on::<Cuda>(d, None, Some(&client), &info, w, h, plan.runs)
-                }
+                Selected::Cuda(d, _) => dedup_on::<Cuda>(d, None, Some(d), &info, w, h, plan.runs),
                 Selected::Wgpu(d, _) => {
                     let setup = backend::wgpu_setup(d);
                     dedup_on::<Wgpu>(d, setup.as_ref(), None, &info, w, h, plan.runs)
@@ -310,7 +312,7 @@ pub fn dedup_cost(plan: &BenchPlan, mut report: impl FnMut(&DedupRow)) -> Result
 fn dedup_on<B: Backend>(
     device: &B::Device,
     wgpu: Option<&burn::backend::wgpu::WgpuSetup>,
-    cuda: Option<&cubecl::prelude::ComputeClient<CudaRuntime>>,
+    cuda: Option<&burn::backend::cuda::CudaDevice>,
     info: &DeviceInfo,
     w: usize,
     h: usize,
@@ -379,7 +381,9 @@ fn dedup_on<B: Backend>(
     // Frames decoded by NVDEC are packed on the device already: no packing, no upload. A
     // detector of its own, whose kept frames came the same way.
     let mut resident = Vec::new();
-    if let Some(client) = cuda {
+    let mut uploads = (Vec::new(), Vec::new());
+    if let Some(cuda) = cuda {
+        let client = &<CudaRuntime as cubecl::Runtime>::client(cuda);
         let on_device = |planes: &[u8]| {
             let words = client.create_from_slice(bytemuck::cast_slice(&pack(planes).words));
             crate::video::device_frames::DevicePicture {
@@ -401,6 +405,7 @@ fn dedup_on<B: Backend>(
                 resident.push(looking);
             }
         }
+        uploads = upload_times(cuda, &pictures[WINDOW - 1], w, h, runs);
     }
     let median = |mut v: Vec<Duration>| {
         v.sort();
@@ -416,5 +421,56 @@ fn dedup_on<B: Backend>(
         detect: median(detect),
         decide: median(decide),
         resident: (!resident.is_empty()).then(|| median(resident)),
+        upload: (!uploads.0.is_empty()).then(|| (median(uploads.0), median(uploads.1))),
     }
+}
+
+/// A software-decoded frame's way onto the device, timed to the end of its work there: as
+/// yuv420p samples, converted and packed by the kernels (what the decoder now does on cuda), and
+/// as the f32 planes the model was given before.
+fn upload_times(
+    cuda: &burn::backend::cuda::CudaDevice,
+    planes: &[u8],
+    w: usize,
+    h: usize,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    use crate::video::colour::Colour;
+    use crate::video::device_frames::DeviceFrames;
+    use ffmpeg_next::format::Pixel;
+    let client = <CudaRuntime as cubecl::Runtime>::client(cuda);
+    let sync = || cubecl::future::block_on(client.sync()).expect("the GPU finishes");
+    let mut yuv = ffmpeg_next::frame::Video::new(Pixel::YUV420P, w as u32, h as u32);
+    for plane in 0..3 {
+        let stride = yuv.stride(plane);
+        let data = yuv.data_mut(plane);
+        for (i, v) in data.iter_mut().enumerate() {
+            *v = planes[(plane * w * h + i % stride + i / stride * w) % planes.len()];
+        }
+    }
+    let colour = Colour {
+        matrix: ffmpeg_next::color::Space::BT709,
+        full_range: false,
+    };
+    let mut frames = DeviceFrames::new(cuda).expect("the CUDA device's context");
+    let floats: Vec<f32> = planes.iter().map(|&v| f32::from(v) / 255.0).collect();
+    let (mut as_yuv, mut as_planes) = (Vec::new(), Vec::new());
+    for run in 0..runs.max(1) + 3 {
+        sync();
+        let t0 = Instant::now();
+        let picture = frames
+            .upload(&yuv, colour, true)
+            .expect("yuv420p is uploaded");
+        sync();
+        let t1 = Instant::now();
+        let floats = client.create_from_slice(bytemuck::cast_slice(&floats));
+        sync();
+        let t2 = Instant::now();
+        drop((picture, floats));
+        if run >= 3 {
+            as_yuv.push(t1 - t0);
+            as_planes.push(t2 - t1);
+        }
+    }
+    (as_yuv, as_planes)
 }

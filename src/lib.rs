@@ -80,7 +80,8 @@ pub struct VideoSummary {
     pub ffmpeg_errors: u64,
     /// Frames NVDEC decoded (the rest were decoded in software).
     pub hardware_frames: u64,
-    /// Of those, the frames converted to RGB on the GPU, never copied to the host.
+    /// Frames converted to RGB on the GPU: NVDEC's never copied to the host, software-decoded
+    /// ones uploaded as Y'CbCr.
     pub converted_on_device: u64,
 }
 

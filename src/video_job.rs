@@ -68,8 +68,9 @@ pub fn check_paths(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// NVDEC frames stay on the GPU where every upscaler takes them there (our kernels on cuda, no
-/// tiles); UPFRAME_NVDEC_ON_HOST=1 sends them through the host instead, for comparisons.
+/// Frames are converted on the GPU where every upscaler takes them there (our kernels on cuda,
+/// no tiles): NVDEC's stay there, software-decoded ones are uploaded as Y'CbCr.
+/// UPFRAME_CONVERT_ON_HOST=1 sends them through the host instead, for comparisons.
 fn device_frames<B: Backend>(
     device: &B::Device,
     upscalers: &[Upscaler<B>],
@@ -77,20 +78,21 @@ fn device_frames<B: Backend>(
     height: u32,
 ) -> Option<DeviceFrames> {
     let (w, h) = (width as usize, height as usize);
-    if std::env::var_os("UPFRAME_NVDEC_ON_HOST").is_some()
+    let device: &dyn Any = device;
+    let cuda = device.downcast_ref::<CudaDevice>()?;
+    if std::env::var_os("UPFRAME_CONVERT_ON_HOST").is_some()
         || !upscalers.iter().all(|u| u.takes_device_pictures(w, h))
     {
-        log::info!("NVDEC frames are converted to RGB on the host");
+        log::info!("frames are converted to RGB on the host");
         return None;
     }
-    let device: &dyn Any = device;
-    match DeviceFrames::new(device.downcast_ref::<CudaDevice>()?) {
+    match DeviceFrames::new(cuda) {
         Ok(frames) => {
-            log::info!("NVDEC frames are converted to RGB on the GPU");
+            log::info!("frames are converted to RGB on the GPU");
             Some(frames)
         }
         Err(reason) => {
-            log::warn!("{reason}; NVDEC frames are converted on the host");
+            log::warn!("{reason}; frames are converted on the host");
             None
         }
     }
@@ -182,9 +184,7 @@ pub fn run<B: Backend>(
             )
         })
         .collect();
-    if v.decoder == "nvdec" {
-        source.device_frames = device_frames(device, &upscalers, v.width, v.height);
-    }
+    source.device_frames = device_frames(device, &upscalers, v.width, v.height);
     log::info!(
         "model {} x{} in {} on {}, tiles up to {} px, {workers} upscale thread(s)",
         model.name,

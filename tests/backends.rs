@@ -597,16 +597,22 @@ fn cuda_dedup_features_match_the_definition() {
     assert!(expected.peak > 0 && expected.changed_blocks > 0);
 }
 
-/// A 4:2:0 frame in `format` (NV12 or P010): luma with texture, chroma in gentle slopes, as
+/// A frame in `format` (read as `reading` says): luma with texture, chroma in gentle slopes, as
 /// decoders hand them out.
-fn yuv420_frame(format: ffmpeg_next::format::Pixel, w: u32, h: u32) -> ffmpeg_next::frame::Video {
+fn yuv_frame(
+    format: ffmpeg_next::format::Pixel,
+    reading: &upframe::video::device_frames::Reading,
+    w: u32,
+    h: u32,
+) -> ffmpeg_next::frame::Video {
     let mut frame = ffmpeg_next::frame::Video::new(format, w, h);
-    let wide = format != ffmpeg_next::format::Pixel::NV12;
+    let (wide, depth) = (reading.wide, reading.yuv.depth);
     let put = |frame: &mut ffmpeg_next::frame::Video, plane: usize, x: usize, y: usize, v: u32| {
         let stride = frame.stride(plane);
         let data = frame.data_mut(plane);
         if wide {
-            let sample = ((v << 2) << 6) as u16; // 8-bit value as 10 bits, in P010's high bits
+            // An 8-bit value at the format's depth, `shift` bits up (P010's high bits).
+            let sample = ((v << (depth - 8)) << reading.shift) as u16;
             data[y * stride + 2 * x..][..2].copy_from_slice(&sample.to_le_bytes());
         } else {
             data[y * stride + x] = v as u8;
@@ -624,32 +630,39 @@ fn yuv420_frame(format: ffmpeg_next::format::Pixel, w: u32, h: u32) -> ffmpeg_ne
             );
         }
     }
-    for y in 0..h.div_ceil(2) as usize {
-        for x in 0..w.div_ceil(2) as usize {
-            put(&mut frame, 1, 2 * x, y, 90 + (2 * x + y) as u32);
-            put(&mut frame, 1, 2 * x + 1, y, 160 - (x + 2 * y) as u32);
+    let (sx, sy) = reading.chroma_shift;
+    for y in 0..h.div_ceil(1 << sy) as usize {
+        for x in 0..w.div_ceil(1 << sx) as usize {
+            let (cb, cr) = (90 + (2 * x + y) as u32 % 80, 160 - (x + 2 * y) as u32 % 90);
+            if reading.interleaved {
+                put(&mut frame, 1, 2 * x, y, cb);
+                put(&mut frame, 1, 2 * x + 1, y, cr);
+            } else {
+                put(&mut frame, 1, x, y, cb);
+                put(&mut frame, 2, x, y, cr);
+            }
         }
     }
     frame
 }
 
-/// The definition, in f64: 4:2:0 samples at their siting, chroma interpolated bilinearly, the
-/// matrix of `yuv`, clamped; what swscale and the GPU kernel are each compared with.
+/// The definition, in f64: samples at their siting, chroma interpolated bilinearly where it is
+/// subsampled, the matrix of `reading`, clamped; what swscale and the GPU kernel are each compared
+/// with.
 fn reference_rgb(
     frame: &ffmpeg_next::frame::Video,
-    yuv: &upframe::kernels::picture::YuvToRgb,
-    wide: bool,
-    shift: u32,
+    reading: &upframe::video::device_frames::Reading,
 ) -> Planar {
+    let yuv = &reading.yuv;
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let sample = |plane: usize, x: usize, y: usize| -> f64 {
         let row = &frame.data(plane)[y * frame.stride(plane)..];
-        let v = if wide {
+        let v = if reading.wide {
             u16::from_le_bytes([row[2 * x], row[2 * x + 1]]) as u32
         } else {
             row[x] as u32
         };
-        (v >> shift) as f64
+        (v >> reading.shift) as f64
     };
     let unit = (1u32 << (yuv.depth - 8)) as f64;
     let max = ((1u64 << yuv.depth) - 1) as f64;
@@ -665,17 +678,25 @@ fn reference_rgb(
     };
     let (kr, kb) = (yuv.kr as f64, yuv.kb as f64);
     let kg = 1.0 - kr - kb;
-    let (cw, ch) = (w.div_ceil(2) as isize, h.div_ceil(2) as isize);
+    let (sx, sy) = reading.chroma_shift;
+    let (cw, ch) = (w.div_ceil(1 << sx) as isize, h.div_ceil(1 << sy) as isize);
     let clamp = |i: isize, n: isize| i.clamp(0, n - 1) as usize;
     let mut out = Planar::new(3, w, h);
     for y in 0..h {
         for x in 0..w {
-            let u = (x as f64 - yuv.siting.0 as f64) / 2.0;
-            let v = (y as f64 - yuv.siting.1 as f64) / 2.0;
+            let u = (x as f64 - yuv.siting.0 as f64) / f64::from(1 << sx);
+            let v = (y as f64 - yuv.siting.1 as f64) / f64::from(1 << sy);
             let (fx, fy) = (u - u.floor(), v - v.floor());
             let (i, j) = (u.floor() as isize, v.floor() as isize);
             let chroma = |c: usize| {
-                let at = |i: isize, j: isize| sample(1, 2 * clamp(i, cw) + c, clamp(j, ch));
+                let at = |i: isize, j: isize| {
+                    let (i, j) = (clamp(i, cw), clamp(j, ch));
+                    if reading.interleaved {
+                        sample(1, 2 * i + c, j)
+                    } else {
+                        sample(1 + c, i, j)
+                    }
+                };
                 let top = at(i, j) * (1.0 - fx) + at(i + 1, j) * fx;
                 let bottom = at(i, j + 1) * (1.0 - fx) + at(i + 1, j + 1) * fx;
                 (top * (1.0 - fy) + bottom * fy - c0) * cs
@@ -694,10 +715,11 @@ fn reference_rgb(
     out
 }
 
-/// The GPU conversion of decoded 4:2:0 frames (`kernels::picture`, what NVDEC frames take on
-/// cuda) computes the definition (`reference_rgb`) within rounding, and stays close to swscale's
-/// on the host (which sites and filters chroma its own way); the 8-bit packing for duplicate detection equals the
-/// host's packing of the same planes, and the mirror padding equals the host's.
+/// The GPU conversion of decoded frames (`kernels::picture`: what NVDEC's 4:2:0 surfaces and, on
+/// cuda, software decoders' planar 4:2:0, 4:2:2 and 4:4:4 frames take) computes the definition
+/// (`reference_rgb`) within rounding, and stays close to swscale's on the host (which sites and
+/// filters chroma its own way); the 8-bit packing for duplicate detection equals the host's
+/// packing of the same planes, and the mirror padding equals the host's.
 fn assert_gpu_colour_matches_swscale<R: cubecl::Runtime>(
     client: &cubecl::prelude::ComputeClient<R>,
     name: &str,
@@ -714,21 +736,29 @@ fn assert_gpu_colour_matches_swscale<R: cubecl::Runtime>(
     upframe::video::init();
     let read =
         |handle: cubecl::server::Handle| -> Vec<u8> { client.read_one(handle).unwrap().to_vec() };
-    for format in [Pixel::NV12, Pixel::P010LE] {
+    let formats = [
+        Pixel::NV12,
+        Pixel::P010LE,
+        Pixel::YUV420P,
+        Pixel::YUV422P,
+        Pixel::YUV444P,
+        Pixel::YUV420P10LE,
+        Pixel::YUV444P10LE,
+    ];
+    for format in formats {
         for (matrix, full_range) in [
             (Space::BT709, false),
             (Space::BT470BG, true),
             (Space::BT2020NCL, false),
         ] {
             let (w, h) = (37, 23);
-            let frame = yuv420_frame(format, w, h);
             let colour = Colour { matrix, full_range };
+            let reading = device_frames::conversion(format, colour, Location::Left).unwrap();
+            let yuv = reading.yuv;
+            let frame = yuv_frame(format, &reading, w, h);
             let (host, _) = ToRgb::new().convert(&frame, colour, false).unwrap();
-            let (wide, shift, yuv) =
-                device_frames::conversion(format, colour, Location::Left).unwrap();
-            let surface =
-                client.create_from_slice(u32::as_bytes(&device_frames::host_surface(&frame)));
-            let layout = device_frames::host_layout(&frame, wide, shift);
+            let (words, layout) = device_frames::host_surface(&frame, &reading);
+            let surface = client.create_from_slice(u32::as_bytes(&words));
             let planes = picture::to_planes(client, &surface, &layout, &yuv);
             let gpu = Planar {
                 channels: 3,
@@ -736,7 +766,7 @@ fn assert_gpu_colour_matches_swscale<R: cubecl::Runtime>(
                 height: h as usize,
                 data: bytemuck::pod_collect_to_vec(&read(planes.clone())),
             };
-            let reference = reference_rgb(&frame, &yuv, wide, shift);
+            let reference = reference_rgb(&frame, &reading);
             let (rmax, rmean) = diff(&gpu, &reference);
             let (smax, smean) = diff(&host, &reference);
             let (max, mean) = diff(&gpu, &host);
@@ -800,10 +830,11 @@ fn gpu_colour_conversion_matches_swscale_on_wgpu() {
     assert_gpu_colour_matches_swscale(&client, &info.name);
 }
 
-/// On an NVIDIA GPU: the conversion kernels, then real NVDEC frames of the sample clip, converted
-/// on the GPU from their surfaces, against the same frames downloaded and converted by swscale.
+/// On cuda: the conversion kernels against the definition and swscale, then a real clip's frames
+/// converted on the GPU (NVDEC's from their surfaces, software-decoded ones uploaded as Y'CbCr)
+/// against the same frames converted by swscale on the host.
 #[test]
-fn cuda_nvdec_frames_converted_on_the_gpu_match_the_host() {
+fn cuda_frames_converted_on_the_gpu_match_the_host() {
     use upframe::frame::{Message, Picture};
     use upframe::video::decode::{self, DecodeStats, HwDecode};
     use upframe::video::device_frames::DeviceFrames;
@@ -814,14 +845,8 @@ fn cuda_nvdec_frames_converted_on_the_gpu_match_the_host() {
     assert_gpu_colour_matches_swscale(&client, &info.name);
 
     let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/bikes.mkv");
-    let decode = |on_gpu: bool| -> (Vec<Planar>, DecodeStats) {
-        let mut source = decode::open(
-            &clip,
-            HwDecode::Cuda {
-                device: device.index,
-            },
-        )
-        .unwrap();
+    let decode = |hwdec: HwDecode, on_gpu: bool| -> (Vec<Planar>, DecodeStats) {
+        let mut source = decode::open(&clip, hwdec).unwrap();
         source.pack = true;
         if on_gpu {
             source.device_frames = Some(DeviceFrames::new(&device).unwrap());
@@ -844,26 +869,34 @@ fn cuda_nvdec_frames_converted_on_the_gpu_match_the_host() {
             .unwrap();
         (pictures, stats)
     };
-    let (gpu, stats) = decode(true);
-    if stats.hardware_frames == 0 {
-        eprintln!("skipped: NVDEC decoded nothing on {}", info.name);
-        return;
+    let nvdec = HwDecode::Cuda {
+        device: device.index,
+    };
+    for (name, hwdec) in [("NVDEC", nvdec), ("software-decoded", HwDecode::None)] {
+        let (gpu, stats) = decode(hwdec, true);
+        if name == "NVDEC" && stats.hardware_frames == 0 {
+            eprintln!("skipped: NVDEC decoded nothing on {}", info.name);
+            continue;
+        }
+        assert_eq!(
+            stats.converted_on_device, stats.frames,
+            "every {name} frame converted on the GPU"
+        );
+        let (host, _) = decode(hwdec, false);
+        assert_eq!(gpu.len(), host.len());
+        let (mut worst, mut mean) = (0.0f32, 0.0f32);
+        for (a, b) in gpu.iter().zip(&host) {
+            let (max, m) = diff(a, b);
+            worst = worst.max(max);
+            mean += m / gpu.len() as f32;
+        }
+        eprintln!(
+            "{}: {name} frames on the GPU vs the host: max {worst:.2}, mean {mean:.3} 8-bit steps",
+            info.name
+        );
+        assert!(
+            worst <= 24.0 && mean <= 1.0,
+            "{name}: max {worst}, mean {mean}"
+        );
     }
-    assert_eq!(
-        stats.converted_on_device, stats.frames,
-        "every frame converted on the GPU"
-    );
-    let (host, _) = decode(false);
-    assert_eq!(gpu.len(), host.len());
-    let (mut worst, mut mean) = (0.0f32, 0.0f32);
-    for (a, b) in gpu.iter().zip(&host) {
-        let (max, m) = diff(a, b);
-        worst = worst.max(max);
-        mean += m / gpu.len() as f32;
-    }
-    eprintln!(
-        "{}: NVDEC frames on the GPU vs the host: max {worst:.2}, mean {mean:.3} 8-bit steps",
-        info.name
-    );
-    assert!(worst <= 24.0 && mean <= 1.0, "max {worst}, mean {mean}");
 }

@@ -1,6 +1,7 @@
-//! Kernels that prepare a decoded picture on the device, so that it never visits the host:
-//! NVDEC's 4:2:0 surfaces (NV12, P010, P016) to the model's RGB planes, those planes packed in 8
-//! bits for duplicate detection, and the mirror padding the upscaler adds around a picture.
+//! Kernels that prepare a decoded picture on the device: Y'CbCr surfaces (NVDEC's NV12, P010 and
+//! P016 in place; software decoders' planar 4:2:0, 4:2:2 and 4:4:4 once uploaded) to the model's
+//! RGB planes, those planes packed in 8 bits for duplicate detection, and the mirror padding the
+//! upscaler adds around a picture.
 //!
 //! A surface is handled as 32-bit words (8-bit samples four to a word, 16-bit ones two), so the
 //! same kernels run where storage buffers have no 8- or 16-bit access (wgpu).
@@ -9,43 +10,98 @@ use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-/// Where a 4:2:0 surface's planes lie in its words: the luma rows, then the interleaved Cb/Cr
-/// rows, each at its own pitch (FFmpeg's linesizes, multiples of 4 bytes).
+/// Where a Y'CbCr surface's planes lie in its words: the luma rows, then the chroma rows, each at
+/// its own pitch (multiples of 4 bytes). Chroma is one plane of interleaved Cb/Cr (NV12, P010 and
+/// P016: NVDEC's surfaces) or a Cb plane then a Cr plane (yuv420p, yuv422p, yuv444p and their deep
+/// forms: software decoders').
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Yuv420 {
+pub struct YuvSurface {
     pub width: usize,
     pub height: usize,
     pub luma_pitch: usize,
-    pub chroma_at: usize,
     pub chroma_pitch: usize,
-    /// 16-bit samples (P010, P016) instead of 8-bit ones (NV12).
+    /// Where the Cb rows start, and the Cr rows (the same plane when interleaved).
+    pub cb_at: usize,
+    pub cr_at: usize,
+    pub interleaved: bool,
+    /// log2 of the chroma subsampling across and down: (1, 1) for 4:2:0, (0, 0) for 4:4:4.
+    pub chroma_shift: (u32, u32),
+    /// 16-bit samples instead of 8-bit ones.
     pub wide: bool,
     /// How far the value sits above bit 0 in its sample: 6 for P010.
     pub shift: u32,
 }
 
-impl Yuv420 {
-    /// The layout of a surface whose luma rows are `luma_bytes` apart and whose chroma rows,
-    /// `chroma_bytes` apart, follow them; both multiples of 4.
-    pub fn new(
+impl YuvSurface {
+    /// A 4:2:0 surface with interleaved chroma whose luma rows are `luma_bytes` apart and whose
+    /// chroma rows, `chroma_bytes` apart, follow them; both multiples of 4.
+    pub fn semi_planar(
         (width, height): (usize, usize),
         (luma_bytes, chroma_bytes): (usize, usize),
         wide: bool,
         shift: u32,
     ) -> Self {
+        let chroma_at = luma_bytes / 4 * height;
         Self {
             width,
             height,
             luma_pitch: luma_bytes / 4,
-            chroma_at: luma_bytes / 4 * height,
             chroma_pitch: chroma_bytes / 4,
+            cb_at: chroma_at,
+            cr_at: chroma_at,
+            interleaved: true,
+            chroma_shift: (1, 1),
             wide,
             shift,
         }
     }
 
+    /// Luma rows `luma_bytes` apart, then the Cb plane, then the Cr plane, their rows
+    /// `chroma_bytes` apart; both multiples of 4.
+    pub fn planar(
+        (width, height): (usize, usize),
+        (luma_bytes, chroma_bytes): (usize, usize),
+        chroma_shift: (u32, u32),
+        wide: bool,
+        shift: u32,
+    ) -> Self {
+        let cb_at = luma_bytes / 4 * height;
+        let chroma_rows = height.div_ceil(1 << chroma_shift.1);
+        Self {
+            width,
+            height,
+            luma_pitch: luma_bytes / 4,
+            chroma_pitch: chroma_bytes / 4,
+            cb_at,
+            cr_at: cb_at + chroma_bytes / 4 * chroma_rows,
+            interleaved: false,
+            chroma_shift,
+            wide,
+            shift,
+        }
+    }
+
+    pub fn chroma_rows(&self) -> usize {
+        self.height.div_ceil(1 << self.chroma_shift.1)
+    }
+
     pub fn words(&self) -> usize {
-        self.chroma_at + self.chroma_pitch * self.height.div_ceil(2)
+        self.cr_at + self.chroma_pitch * self.chroma_rows()
+    }
+
+    /// The eight numbers `yuv_to_planes` reads.
+    fn numbers(&self) -> [u32; 8] {
+        [
+            self.luma_pitch as u32,
+            self.chroma_pitch as u32,
+            self.cb_at as u32,
+            self.cr_at as u32,
+            // A chroma sample's step within its row, and Cr's place after Cb.
+            if self.interleaved { 2 } else { 1 },
+            u32::from(self.interleaved),
+            self.chroma_shift.0,
+            self.chroma_shift.1,
+        ]
     }
 }
 
@@ -121,19 +177,17 @@ fn clamp_index(at: i32, n: u32) -> usize {
     usize::cast_from(i)
 }
 
-/// One unit per pixel: luma as is, chroma interpolated bilinearly from its sited samples, the
-/// matrix applied, then clamped to 0..1 and rounded to the output precision, as swscale's RGB is.
+/// One unit per pixel: luma as is, chroma interpolated bilinearly from its sited samples (read
+/// directly where it is not subsampled), the matrix applied, then clamped to 0..1 and rounded to
+/// the output precision, as swscale's RGB is. `layout` holds `YuvSurface::numbers`.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn yuv420_to_planes(
+pub fn yuv_to_planes(
     surface: &Array<u32>,
+    layout: &Array<u32>,
     k: &Array<f32>,
     planes: &mut Array<f32>,
     width: u32,
     height: u32,
-    luma_pitch: u32,
-    chroma_at: u32,
-    chroma_pitch: u32,
     shift: u32,
     #[comptime] wide: bool,
 ) {
@@ -143,25 +197,32 @@ pub fn yuv420_to_planes(
     if index < pixels {
         let x = index % w;
         let y = index / w;
-        let luma = sample(surface, y * luma_pitch as usize, x, shift, wide);
-        let (cw, ch) = ((width + 1) / 2, (height + 1) / 2);
-        let u = (f32::cast_from(x) - k[8]) * 0.5;
-        let v = (f32::cast_from(y) - k[9]) * 0.5;
+        let chroma_pitch = layout[1] as usize;
+        let step = layout[4] as usize;
+        let cr_offset = layout[5] as usize;
+        let (shift_x, shift_y) = (layout[6], layout[7]);
+        let luma = sample(surface, y * layout[0] as usize, x, shift, wide);
+        let cw = (width + (1 << shift_x) - 1) >> shift_x;
+        let ch = (height + (1 << shift_y) - 1) >> shift_y;
+        let u = (f32::cast_from(x) - k[8]) / f32::cast_from(1u32 << shift_x);
+        let v = (f32::cast_from(y) - k[9]) / f32::cast_from(1u32 << shift_y);
         let (u0, v0) = (f32::floor(u), f32::floor(v));
         let (fx, fy) = (u - u0, v - v0);
         let (i0, j0) = (i32::cast_from(u0), i32::cast_from(v0));
         let (xa, xb) = (clamp_index(i0, cw), clamp_index(i0 + 1, cw));
         let rows = (clamp_index(j0, ch), clamp_index(j0 + 1, ch));
-        let top = chroma_at as usize + rows.0 * chroma_pitch as usize;
-        let bottom = chroma_at as usize + rows.1 * chroma_pitch as usize;
         let mut cb = 0.0f32;
         let mut cr = 0.0f32;
         #[unroll]
         for c in 0..2usize {
-            let tl = sample(surface, top, 2 * xa + c, shift, wide);
-            let tr = sample(surface, top, 2 * xb + c, shift, wide);
-            let bl = sample(surface, bottom, 2 * xa + c, shift, wide);
-            let br = sample(surface, bottom, 2 * xb + c, shift, wide);
+            let plane = layout[2 + c] as usize;
+            let top = plane + rows.0 * chroma_pitch;
+            let bottom = plane + rows.1 * chroma_pitch;
+            let (ea, eb) = (step * xa + c * cr_offset, step * xb + c * cr_offset);
+            let tl = sample(surface, top, ea, shift, wide);
+            let tr = sample(surface, top, eb, shift, wide);
+            let bl = sample(surface, bottom, ea, shift, wide);
+            let br = sample(surface, bottom, eb, shift, wide);
             let upper = tl + (tr - tl) * fx;
             let lower = bl + (br - bl) * fx;
             let value = upper + (lower - upper) * fy;
@@ -252,32 +313,31 @@ pub fn reflect_pad(input: &Array<f32>, output: &mut Array<f32>, width: u32, heig
 
 const CUBE: u32 = 256;
 
-/// Converts the 4:2:0 `surface` (laid out as `layout` says) into three f32 planes.
+/// Converts `surface` (laid out as `layout` says) into three f32 planes.
 pub fn to_planes<R: Runtime>(
     client: &ComputeClient<R>,
     surface: &Handle,
-    layout: &Yuv420,
+    layout: &YuvSurface,
     conversion: &YuvToRgb,
 ) -> Handle {
     let pixels = layout.width * layout.height;
     let planes = client.empty(3 * pixels * size_of::<f32>());
+    let numbers = client.create_from_slice(u32::as_bytes(&layout.numbers()));
     let k = client.create_from_slice(f32::as_bytes(&conversion.coefficients()));
     let cube = CubeDim::new_1d(CUBE);
     // Safety: the lengths are those of the buffers; the kernel bounds its own indices, and the
     // layout's words lie within the surface.
     unsafe {
-        yuv420_to_planes::launch_unchecked::<R>(
+        yuv_to_planes::launch_unchecked::<R>(
             client,
             calculate_cube_count_elemwise(client, pixels, cube),
             cube,
             ArrayArg::from_raw_parts(surface.clone(), layout.words()),
+            ArrayArg::from_raw_parts(numbers, 8),
             ArrayArg::from_raw_parts(k, 11),
             ArrayArg::from_raw_parts(planes.clone(), 3 * pixels),
             layout.width as u32,
             layout.height as u32,
-            layout.luma_pitch as u32,
-            layout.chroma_at as u32,
-            layout.chroma_pitch as u32,
             layout.shift,
             layout.wide,
         )

@@ -14,7 +14,7 @@ use ffmpeg_next::util::frame;
 use ffmpeg_next::{ffi, media, Packet, Rational};
 
 use super::colour::{Colour, ToRgb};
-use super::device_frames::DeviceFrames;
+use super::device_frames::{DeviceFrames, DevicePicture};
 use super::hwdec;
 use crate::dedup::features::Packed;
 use crate::error::{Error, Result};
@@ -58,7 +58,8 @@ pub struct Source {
     pub info: VideoInfo,
     /// Also send each frame packed in 8 bits, for duplicate detection.
     pub pack: bool,
-    /// Converts NVDEC frames on the GPU, where the upscaler can take them there.
+    /// Converts frames on the GPU, where the upscaler can take them there: NVDEC's in place,
+    /// software-decoded ones once uploaded.
     pub device_frames: Option<DeviceFrames>,
     decoder: ffmpeg_next::decoder::Video,
 }
@@ -71,7 +72,8 @@ pub struct DecodeStats {
     pub busy: Duration,
     /// Frames that arrived as CUDA surfaces.
     pub hardware_frames: u64,
-    /// Of those, the ones converted to RGB on the GPU (the others went through the host).
+    /// Frames converted to RGB on the GPU: NVDEC's there, software-decoded ones uploaded as
+    /// Y'CbCr (the others went through the host).
     pub converted_on_device: u64,
 }
 
@@ -258,6 +260,8 @@ struct DecodeState {
     path: PathBuf,
     rgb: ToRgb,
     device: Option<DeviceFrames>,
+    /// Whether software-decoded frames still go to `device` (not after it refused one).
+    upload: bool,
     pack: bool,
     held: Option<Frame>,
     passthrough: Vec<Packet>,
@@ -277,6 +281,7 @@ impl DecodeState {
             path,
             rgb: ToRgb::new(),
             device: None,
+            upload: true,
             pack,
             held: None,
             passthrough: Vec::new(),
@@ -348,10 +353,13 @@ impl DecodeState {
         }
     }
 
-    /// The frame as RGB planes: on the GPU when it was decoded there and can stay, else on the
-    /// host (with its 8-bit packing, when asked for).
+    /// The frame as RGB planes: on the GPU when it was decoded there and can stay, or can be
+    /// uploaded and converted there; else on the host (with its 8-bit packing, when asked for).
     fn picture(&mut self, decoded: &frame::Video) -> Result<(Picture, Option<Packed>)> {
         if !hwdec::is_hardware_frame(decoded) {
+            if let Some(picture) = self.upload(decoded) {
+                return Ok((Picture::Device(picture), None));
+            }
             let (planar, packed) = self
                 .rgb
                 .convert(decoded, self.info.colour, self.pack)
@@ -377,6 +385,29 @@ impl DecodeState {
             .convert(&host, self.info.colour, self.pack)
             .map_err(|reason| self.fatal(reason))?;
         Ok((Picture::Planar(planar), packed))
+    }
+
+    /// A software-decoded frame converted on the GPU. The first frame it cannot take (a format
+    /// or matrix the kernel does not read) sends the stream's frames through the host.
+    fn upload(&mut self, decoded: &frame::Video) -> Option<DevicePicture> {
+        if !self.upload {
+            return None;
+        }
+        match self
+            .device
+            .as_mut()?
+            .upload(decoded, self.info.colour, self.pack)
+        {
+            Ok(picture) => {
+                self.stats.converted_on_device += 1;
+                Some(picture)
+            }
+            Err(reason) => {
+                log::info!("{reason}: frames decoded in software are converted on the host");
+                self.upload = false;
+                None
+            }
+        }
     }
 
     /// The frame's presentation time and its own duration; frames without a time follow their

@@ -1,7 +1,14 @@
-//! NVDEC frames turned into the model's RGB planes without leaving the GPU: the decoded surface is
-//! copied (device to device) into a buffer of burn's CUDA client, and `kernels::picture` converts it
-//! there with the stream's matrix, range and chroma siting. The host path downloads the surface,
-//! converts it with swscale and uploads f32 planes, four times its bytes, back again.
+//! Decoded frames turned into the model's RGB planes on the GPU, by `kernels::picture` with the
+//! stream's matrix, range and chroma siting:
+//!
+//! - NVDEC frames never leave it: the decoded surface is copied (device to device) into a buffer
+//!   of burn's CUDA client and converted there.
+//! - Frames decoded in software (codecs or formats NVDEC lacks, such as H.264 4:4:4) are uploaded
+//!   as their Y'CbCr samples, 1.5 to 3 bytes a pixel, and converted there.
+//!
+//! Either way, the model and duplicate detection then share the planes and their 8-bit packing on
+//! the device. The host path converts with swscale and uploads f32 planes (12 bytes a pixel), and
+//! duplicate detection uploads its own packing beside them.
 //!
 //! FFmpeg's CUDA device and burn's share the device's primary context (`hwdec::attach_cuda`), so a
 //! surface's address is valid for both.
@@ -19,7 +26,7 @@ use ffmpeg_next::util::frame;
 
 use super::colour::{self, Colour};
 use crate::dedup::features::Packed;
-use crate::kernels::picture::{self, Yuv420, YuvToRgb};
+use crate::kernels::picture::{self, YuvSurface, YuvToRgb};
 use crate::upscale::Planar;
 
 /// A decoded picture held on the CUDA device: three f32 planes in 0..1, and its 8-bit packing
@@ -65,40 +72,77 @@ fn luma_weights(matrix: Space) -> Option<(f32, f32)> {
     }
 }
 
-/// How a 4:2:0 format's samples are stored: 16 bits wide, and the value's shift.
-fn sample_layout(format: Pixel) -> Option<(bool, u32)> {
+/// How a Y'CbCr format's samples are stored: 16 bits wide, the value's shift, and Cb/Cr
+/// interleaved in one plane.
+fn sample_layout(format: Pixel) -> Option<(bool, u32, bool)> {
+    const PLANAR_8: [Pixel; 6] = [
+        Pixel::YUV420P,
+        Pixel::YUVJ420P,
+        Pixel::YUV422P,
+        Pixel::YUVJ422P,
+        Pixel::YUV444P,
+        Pixel::YUVJ444P,
+    ];
+    const PLANAR_16: [Pixel; 9] = [
+        Pixel::YUV420P10LE,
+        Pixel::YUV422P10LE,
+        Pixel::YUV444P10LE,
+        Pixel::YUV420P12LE,
+        Pixel::YUV422P12LE,
+        Pixel::YUV444P12LE,
+        Pixel::YUV420P16LE,
+        Pixel::YUV422P16LE,
+        Pixel::YUV444P16LE,
+    ];
     match format {
-        Pixel::NV12 => Some((false, 0)),
-        Pixel::P010LE => Some((true, 6)),
-        Pixel::P016LE => Some((true, 0)),
+        Pixel::NV12 => Some((false, 0, true)),
+        Pixel::P010LE => Some((true, 6, true)),
+        Pixel::P016LE => Some((true, 0, true)),
+        f if PLANAR_8.contains(&f) => Some((false, 0, false)),
+        f if PLANAR_16.contains(&f) => Some((true, 0, false)),
         _ => None,
     }
 }
 
-/// How a 4:2:0 `format` converts with `colour` and chroma at `location`, or why the GPU path
-/// cannot take it.
-pub fn conversion(
-    format: Pixel,
-    colour: Colour,
-    location: Location,
-) -> Result<(bool, u32, YuvToRgb), String> {
-    let (wide, shift) = sample_layout(format)
-        .ok_or_else(|| format!("NVDEC gave {format:?} frames, which the GPU path does not read"))?;
+/// How frames in `format` are read and converted with `colour` and chroma at `location`, or why
+/// the GPU path cannot take them.
+pub fn conversion(format: Pixel, colour: Colour, location: Location) -> Result<Reading, String> {
+    let (wide, shift, interleaved) = sample_layout(format)
+        .ok_or_else(|| format!("{format:?} frames are converted on the host"))?;
     let (kr, kb) = luma_weights(colour.matrix)
         .ok_or_else(|| format!("the {:?} matrix is converted on the host", colour.matrix))?;
     let depth = colour::bit_depth(format);
-    Ok((
+    let (sx, sy) = colour::chroma_shift(format);
+    let sited = colour::siting(location);
+    // Where chroma is not subsampled, each sample sits on its pixel.
+    let siting = (
+        if sx == 0 { 0.0 } else { sited.0 },
+        if sy == 0 { 0.0 } else { sited.1 },
+    );
+    Ok(Reading {
         wide,
         shift,
-        YuvToRgb {
+        interleaved,
+        chroma_shift: (u32::from(sx), u32::from(sy)),
+        yuv: YuvToRgb {
             kr,
             kb,
             full_range: colour.full_range,
             depth,
-            siting: colour::siting(location),
+            siting,
             deep_output: depth > 8,
         },
-    ))
+    })
+}
+
+/// How a format's frames are read (`conversion`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub wide: bool,
+    pub shift: u32,
+    pub interleaved: bool,
+    pub chroma_shift: (u32, u32),
+    pub yuv: YuvToRgb,
 }
 
 /// The software format of an NVDEC frame's surface.
@@ -153,7 +197,12 @@ impl DeviceFrames {
         pack: bool,
     ) -> Result<DevicePicture, String> {
         let format = surface_format(frame);
-        let (wide, shift, yuv) = conversion(format, colour, frame.chroma_location())?;
+        let reading = conversion(format, colour, frame.chroma_location())?;
+        if !reading.interleaved {
+            return Err(format!(
+                "NVDEC gave {format:?} frames, which the GPU path does not read"
+            ));
+        }
         let (w, h) = (frame.width() as usize, frame.height() as usize);
         // SAFETY: reading the plane pointers and pitches of a valid frame.
         let (planes, pitches) = unsafe {
@@ -168,14 +217,14 @@ impl DeviceFrames {
                 "NVDEC frame pitches {pitches:?} are not whole words"
             ));
         }
-        let layout = Yuv420::new(
+        let layout = YuvSurface::semi_planar(
             (w, h),
             (pitches[0] as usize, pitches[1] as usize),
-            wide,
-            shift,
+            reading.wide,
+            reading.shift,
         );
-        let luma_bytes = layout.chroma_at * 4;
-        let chroma_bytes = layout.chroma_pitch * 4 * h.div_ceil(2);
+        let luma_bytes = layout.cb_at * 4;
+        let chroma_bytes = layout.chroma_pitch * 4 * layout.chroma_rows();
         let staging = self.staging(luma_bytes + chroma_bytes)?;
         // SAFETY: both ranges lie in their allocations (the surface's planes at their pitches,
         // the staging buffer sized above); the copy completes before the kernel is queued.
@@ -186,7 +235,33 @@ impl DeviceFrames {
             .expect("staging was just made")
             .0
             .clone();
-        let rgb = picture::to_planes(&self.client, &staging, &layout, &yuv);
+        Ok(self.to_picture(&staging, &layout, &reading.yuv, pack))
+    }
+
+    /// The RGB planes of a frame decoded on the host, uploaded as its Y'CbCr samples and
+    /// converted on the device; `pack` adds the 8-bit packing. Fails for formats and matrices
+    /// the kernel does not read (`conversion`).
+    pub fn upload(
+        &mut self,
+        frame: &frame::Video,
+        colour: Colour,
+        pack: bool,
+    ) -> Result<DevicePicture, String> {
+        let reading = conversion(frame.format(), colour, frame.chroma_location())?;
+        let (words, layout) = host_surface(frame, &reading);
+        let surface = self.client.create_from_slice(bytemuck::cast_slice(&words));
+        Ok(self.to_picture(&surface, &layout, &reading.yuv, pack))
+    }
+
+    fn to_picture(
+        &self,
+        surface: &Handle,
+        layout: &YuvSurface,
+        yuv: &YuvToRgb,
+        pack: bool,
+    ) -> DevicePicture {
+        let (w, h) = (layout.width, layout.height);
+        let rgb = picture::to_planes(&self.client, surface, layout, yuv);
         let packed = pack.then(|| {
             let (words_per_row, rows) = Packed::layout(w, h);
             picture::pack(
@@ -199,13 +274,13 @@ impl DeviceFrames {
                 yuv.deep_output,
             )
         });
-        Ok(DevicePicture {
+        DevicePicture {
             client: self.client.clone(),
             planes: rgb,
             packed,
             width: w,
             height: h,
-        })
+        }
     }
 
     /// The staging buffer's address, at least `bytes` long, once the conversion that last read
@@ -266,22 +341,47 @@ impl Drop for DeviceFrames {
     }
 }
 
-/// A host 4:2:0 frame's bytes as the words `convert` copies from a surface (the same planes and
-/// pitches), so that the conversion can run on any device, and be tested without NVDEC.
-pub fn host_surface(frame: &frame::Video) -> Vec<u32> {
-    let h = frame.height() as usize;
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&frame.data(0)[..frame.stride(0) * h]);
-    bytes.extend_from_slice(&frame.data(1)[..frame.stride(1) * h.div_ceil(2)]);
-    bytemuck::pod_collect_to_vec(&bytes)
-}
-
-/// The layout `host_surface` gives `frame`.
-pub fn host_layout(frame: &frame::Video, wide: bool, shift: u32) -> Yuv420 {
-    Yuv420::new(
-        (frame.width() as usize, frame.height() as usize),
-        (frame.stride(0), frame.stride(1)),
-        wide,
-        shift,
-    )
+/// A frame decoded on the host as the words `kernels::picture` reads, and their layout: its
+/// planes one after another, each row cut to the picture and padded to whole words.
+pub fn host_surface(frame: &frame::Video, reading: &Reading) -> (Vec<u32>, YuvSurface) {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let sample = if reading.wide { 2 } else { 1 };
+    let (sx, sy) = reading.chroma_shift;
+    let (cw, ch) = (w.div_ceil(1 << sx), h.div_ceil(1 << sy));
+    let luma_row = w * sample;
+    let chroma_row = cw * sample * if reading.interleaved { 2 } else { 1 };
+    let (luma_bytes, chroma_bytes) = (luma_row.next_multiple_of(4), chroma_row.next_multiple_of(4));
+    let layout = if reading.interleaved {
+        YuvSurface::semi_planar(
+            (w, h),
+            (luma_bytes, chroma_bytes),
+            reading.wide,
+            reading.shift,
+        )
+    } else {
+        YuvSurface::planar(
+            (w, h),
+            (luma_bytes, chroma_bytes),
+            reading.chroma_shift,
+            reading.wide,
+            reading.shift,
+        )
+    };
+    let mut words = vec![0u32; layout.words()];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let chroma_planes = if reading.interleaved { 1 } else { 2 };
+    let mut at = 0;
+    for plane in 0..=chroma_planes {
+        let (row, pitch, rows) = if plane == 0 {
+            (luma_row, luma_bytes, h)
+        } else {
+            (chroma_row, chroma_bytes, ch)
+        };
+        let (data, stride) = (frame.data(plane), frame.stride(plane));
+        for y in 0..rows {
+            bytes[at..at + row].copy_from_slice(&data[y * stride..][..row]);
+            at += pitch;
+        }
+    }
+    (words, layout)
 }
