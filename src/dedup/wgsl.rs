@@ -164,16 +164,27 @@ impl WgslCells {
     }
 
     fn read_back(&self, encoder: wgpu::CommandEncoder, staging: &wgpu::Buffer) -> Vec<u32> {
-        let submitted = self.queue.submit([encoder.finish()]);
+        self.queue.submit([encoder.finish()]);
         let slice = staging.slice(..);
-        slice.map_async(wgpu::MapMode::Read, |_| {});
-        // Wait for this submission only, not for model work queued after it by other threads.
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(submitted),
-                timeout: None,
-            })
-            .expect("waiting for the dedup shaders");
+        let (mapped, on_mapped) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |result| {
+            let _ = mapped.send(result);
+        });
+        // Polled, not waited for: a blocking wait holds the device's fence lock until the queue
+        // reaches this submission, and no other thread can submit meanwhile, so the model's
+        // next work would queue up behind every read-back and the GPU would drain each time.
+        loop {
+            self.device
+                .poll(wgpu::PollType::Poll)
+                .expect("polling the dedup shaders");
+            match on_mapped.try_recv() {
+                Ok(result) => break result.expect("mapping the dedup read-back"),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    std::thread::sleep(std::time::Duration::from_micros(50))
+                }
+                Err(e) => panic!("the dedup read-back was dropped: {e}"),
+            }
+        }
         let words = bytemuck::cast_slice(&slice.get_mapped_range()).to_vec();
         staging.unmap();
         words
