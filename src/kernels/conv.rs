@@ -7,7 +7,8 @@
 //!   A cube of planes computes a few rows × 32 pixels × every output channel. The input tile and
 //!   its one-pixel halo sit in shared memory; because a pixel's channels are contiguous, the
 //!   16-pixel × 16-channel operand for tap (dy, dx) is that tile read from a shifted start, so no
-//!   im2col buffer exists.
+//!   im2col buffer exists. Each tap's weights are staged in shared memory by the whole cube, so
+//!   that its planes share one coalesced read of them.
 //! - `conv3x3_direct`: the same convolution for devices without cooperative matrices.
 //! - `tail`: pixel shuffle + nearest-neighbour base + clamp, into 8-bit RGB0 or f32 planes.
 
@@ -167,7 +168,7 @@ type Float4 = Vector<f32, Const<4>>;
 #[cube(launch_unchecked)]
 pub fn conv3x3_tiles(
     input: &Array<Half8>,
-    weight: &Array<f16>,
+    weight: &Array<Half8>,
     bias: &Array<f32>,
     slope: &Array<f32>,
     output: &mut Array<Half8>,
@@ -178,15 +179,20 @@ pub fn conv3x3_tiles(
     #[comptime] rows: usize,
     #[comptime] planes: usize,
     #[comptime] unroll_taps: bool,
+    #[comptime] pad: usize,
+    #[comptime] weights_shared: bool,
     #[comptime] prelu: bool,
 ) {
     let tile_x = comptime![TILE_X as usize];
     let tile_y = comptime![planes * rows];
     let halo_w = comptime![tile_x + 2];
     let halo_pixels = comptime![(tile_y + 2) * halo_w];
-    // A pixel's channels padded by 16 halves: rows of an operand then fall in different shared
-    // memory banks (a 128-byte stride put all 16 in the same ones), and stay 32-byte aligned.
-    let stride = comptime![cin + 16];
+    // A pixel's channels padded by `pad` halves: with 8 (144 bytes a pixel), the eight 16-byte
+    // rows a tensor-core load reads at once fall in distinct shared memory banks (a 128-byte
+    // stride put them all in the same ones; 16 halves, in two). An operand then starts on a
+    // 16-byte boundary only: what `ldmatrix` and Vulkan's cooperative matrix loads need, tested
+    // on cuda and Vulkan (tests/backends.rs).
+    let stride = comptime![cin + pad];
     let vectors_in = comptime![cin / 8];
     let vectors_out = comptime![cout / 8];
     let pixel_vectors = comptime![stride / 8];
@@ -206,6 +212,14 @@ pub fn conv3x3_tiles(
     let mut halo = SharedMemory::<Half8>::new(comptime![halo_pixels * pixel_vectors]);
     let mut stage = SharedMemory::<Float4>::new(comptime![planes * 64]);
     let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
+    // With `weights_shared`, one tap's weights at a time, each 16x16 operand's rows 48 bytes
+    // apart (3 vectors): eight rows then fall in distinct banks, and operands stay 256-byte
+    // aligned. The cube loads them with 16-byte loads instead of each plane reading operands
+    // from global memory.
+    let tap_operands = comptime![k_frags * n_frags];
+    let tap_vectors = comptime![tap_operands * 32];
+    let staged_vectors = comptime![if weights_shared { tap_operands * 48 } else { 1 }];
+    let mut staged = SharedMemory::<Half8>::new(staged_vectors);
 
     #[unroll]
     for load in 0..loads {
@@ -245,6 +259,20 @@ pub fn conv3x3_tiles(
     for tap in 0..9usize {
         let dy = tap / 3;
         let dx = tap % 3;
+        if comptime![weights_shared] {
+            // Every plane is done with the previous tap's operands.
+            sync_cube();
+            #[unroll]
+            for load in 0..comptime![tap_vectors.div_ceil(units)] {
+                let v = load * units + unit;
+                if v < tap_vectors {
+                    let within = v % 32;
+                    staged[(v / 32) * 48 + (within / 2) * 3 + within % 2] =
+                        weight[tap * tap_vectors + v];
+                }
+            }
+            sync_cube();
+        }
         #[unroll]
         for kf in 0..k_frags {
             let mut a = Sequence::<cmma::Matrix<f16>>::new();
@@ -273,16 +301,22 @@ pub fn conv3x3_tiles(
             }
             #[unroll]
             for nf in 0..n_frags {
-                let start = ((tap * k_frags + kf) * n_frags + nf) * 256;
-                let b = cmma::Matrix::<f16>::from_slice(
-                    cmma::MatrixIdent::B,
-                    16usize,
-                    16usize,
-                    16usize,
-                    cmma::MatrixLayout::RowMajor,
-                    &weight.slice(start, start + 256),
-                    16,
-                );
+                let op = kf * n_frags + nf;
+                let b = unsafe {
+                    cmma::Matrix::<f16>::uninitialized(
+                        cmma::MatrixIdent::B,
+                        16usize,
+                        16usize,
+                        16usize,
+                        cmma::MatrixLayout::RowMajor,
+                    )
+                };
+                if comptime![weights_shared] {
+                    cmma::load(&b, &staged.slice(op * 48, op * 48 + 48), 24);
+                } else {
+                    let start = (tap * tap_operands + op) * 32;
+                    cmma::load(&b, &weight.slice(start, start + 32), 16);
+                }
                 #[unroll]
                 for m in 0..rows * m_frags {
                     let c = acc.index(m * n_frags + nf);
@@ -335,19 +369,28 @@ pub fn conv3x3_tiles(
 }
 
 /// How `conv3x3_tiles` divides the picture: each cube has `planes` planes of 32 units, each
-/// plane computes `rows` rows of 32 pixels; `unroll_taps` unrolls the loop over the 9 taps.
+/// plane computes `rows` rows of 32 pixels; `unroll_taps` unrolls the loop over the 9 taps. A
+/// pixel's channels are `pad` halves apart beyond `cin` in shared memory; `weights_shared` stages
+/// each tap's weights in shared memory instead of reading them from global memory per plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     pub rows: usize,
     pub planes: usize,
     pub unroll_taps: bool,
+    pub pad: usize,
+    pub weights_shared: bool,
 }
 
 impl TileShape {
     /// Shared memory one cube uses for `cin` input channels and `cout` outputs.
     pub fn shared_bytes(&self, cin: usize, cout: usize) -> usize {
-        let halo = (self.planes * self.rows + 2) * (TILE_X as usize + 2) * (cin + 16) * 2;
-        halo + self.planes * 1024 + 2 * cout * 4
+        let halo = (self.planes * self.rows + 2) * (TILE_X as usize + 2) * (cin + self.pad) * 2;
+        let staged = if self.weights_shared {
+            cin / 16 * cout / 16 * 768
+        } else {
+            16
+        };
+        halo + self.planes * 1024 + 2 * cout * 4 + staged
     }
 }
 

@@ -52,22 +52,29 @@ pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
         && hardware.plane_size_max >= 32
 }
 
-/// `conv3x3_tiles`' tile shapes measured best on an H200 (BENCHMARKS.md, "Tile shapes"): 2 rows
-/// x 2 planes through CUDA, 1 row x 4 planes through wgpu (measured over Vulkan).
+/// `conv3x3_tiles`' tile shapes measured best on an H200 (BENCHMARKS.md, "Tile shapes" and
+/// "Weights staged in shared memory"): 2 rows x 4 planes through CUDA, 1 row x 4 planes through
+/// wgpu (over Vulkan, whose 48 KiB of shared memory holds no more), both with each tap's weights
+/// staged in shared memory and a pixel's channels padded by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
-    planes: 2,
+    planes: 4,
     unroll_taps: false,
+    pad: 8,
+    weights_shared: true,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
     planes: 4,
     unroll_taps: false,
+    pad: 8,
+    weights_shared: true,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
 /// memory (Vulkan often allows 48 KiB), else the largest smaller one. `UPFRAME_CONV_ROWS`,
-/// `UPFRAME_CONV_PLANES` and `UPFRAME_CONV_UNROLL` (0 or 1) override it for measurements.
+/// `UPFRAME_CONV_PLANES`, `UPFRAME_CONV_UNROLL` (0 or 1), `UPFRAME_CONV_PAD` (halves) and
+/// `UPFRAME_CONV_WEIGHTS_SHARED` (0 or 1) override it for measurements.
 fn tile_shape<R: Runtime>(
     client: &ComputeClient<R>,
     preferred: TileShape,
@@ -84,6 +91,11 @@ fn tile_shape<R: Runtime>(
         rows: knob("UPFRAME_CONV_ROWS", preferred.rows),
         planes: knob("UPFRAME_CONV_PLANES", preferred.planes),
         unroll_taps: knob("UPFRAME_CONV_UNROLL", preferred.unroll_taps as usize) != 0,
+        pad: knob("UPFRAME_CONV_PAD", preferred.pad),
+        weights_shared: knob(
+            "UPFRAME_CONV_WEIGHTS_SHARED",
+            preferred.weights_shared as usize,
+        ) != 0,
     };
     let limit = client.properties().hardware.max_shared_memory_size;
     let fits = |shape: &TileShape| shape.shared_bytes(cin, cout) <= limit;
@@ -260,7 +272,10 @@ impl<R: Runtime> Engine<R> {
                         count,
                         CubeDim::new_2d(32, shape.planes as u32),
                         ArrayArg::from_raw_parts(x.clone(), pixels * layer.cin / 8),
-                        params.0,
+                        ArrayArg::from_raw_parts(
+                            layer.weight.clone(),
+                            9 * layer.cin * layer.cout / 8,
+                        ),
                         params.1,
                         params.2,
                         ArrayArg::from_raw_parts(y.clone(), pixels * layer.cout / 8),
@@ -271,6 +286,8 @@ impl<R: Runtime> Engine<R> {
                         shape.rows,
                         shape.planes,
                         shape.unroll_taps,
+                        shape.pad,
+                        shape.weights_shared,
                         layer.prelu,
                     )
                 };
@@ -386,7 +403,13 @@ impl<R: Runtime> Fused for Engine<R> {
     fn describe(&self) -> String {
         if self.tensor_cores {
             let s = self.shape;
-            let unrolled = if s.unroll_taps { ", taps unrolled" } else { "" };
+            let mut unrolled = if s.unroll_taps { ", taps unrolled" } else { "" }.to_string();
+            if s.pad != CUDA_SHAPE.pad {
+                unrolled += &format!(", channels padded by {}", s.pad);
+            }
+            if !s.weights_shared {
+                unrolled += ", weights read from global memory";
+            }
             format!(
                 "fused SRVGG kernels, tensor cores ({} row(s) x {} planes{unrolled})",
                 s.rows, s.planes
