@@ -27,6 +27,9 @@ CUBECL_DEBUG_LOG="$OUT/cubecl.log" timeout 120 $U bench --backend cuda --precisi
 grep "^|" "$OUT/cubecl.log" | grep -E "Conv3x3Tiles|Head|Tail" | tail -3
 echo "== bench cuda"; timeout 240 $U bench --backend cuda -n 30 2>&1 | grep -v XDG | tee "$OUT/bench-cuda.txt" | grep cuda
 echo "== bench wgpu"; timeout 240 $U bench --backend wgpu --precision fp16 -n 30 2>&1 | grep -v XDG | tee "$OUT/bench-wgpu.txt" | grep wgpu
+# The convolution before its weights were staged in shared memory, beside the default.
+echo "== bench cuda, earlier kernel"
+UPFRAME_CONV_PLANES=2 UPFRAME_CONV_PAD=16 UPFRAME_CONV_WEIGHTS_SHARED=0 timeout 120 $U bench --backend cuda --precision fp16 -n 30 2>&1 | grep -E "^cuda"
 echo "== torch"
 timeout 300 python3 .bench/torch_srvgg_bench.py compile > "$OUT/torch.txt" 2>&1
 grep -E '"batch": 1,' "$OUT/torch.txt" | grep -E 'float16' | grep -E 'true|compiled'
