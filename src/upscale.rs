@@ -337,28 +337,25 @@ impl<B: Backend> Upscaler<B> {
             let (pad, s) = (self.pad_for(w, h), self.scale);
             let keep = (pad * s, pad * s, w * s, h * s);
             let t0 = std::time::Instant::now();
-            let attempt = catch_unwind(AssertUnwindSafe(|| {
+            let attempt = sort_failure(catch_unwind(AssertUnwindSafe(|| {
                 fused.run_on_device(&picture.planes, w, h, pad, keep, O::PACKED)
-            }));
+            })));
             self.profile.readback_s += t0.elapsed().as_secs_f64();
-            let failure = match attempt {
-                Ok(Ok(out)) => {
-                    self.forwards += 1;
-                    return O::from_fused(out, w * s, h * s).map_err(|reason| Error::Device {
-                        context: format!("running the model on a {w}x{h} image"),
-                        reason,
-                    });
-                }
-                Ok(Err(reason)) => reason,
-                Err(payload) => crate::panic_message(&payload),
+            let device_error = |reason| Error::Device {
+                context: format!("running the model on a {w}x{h} image"),
+                reason,
             };
-            if !is_out_of_memory(&failure) {
-                return Err(Error::Device {
-                    context: format!("running the model on a {w}x{h} image"),
-                    reason: failure,
-                });
+            match attempt {
+                Ok(out) => {
+                    self.forwards += 1;
+                    return O::from_fused(out, w * s, h * s).map_err(device_error);
+                }
+                Err(Failure::OutOfMemory(reason)) => log::warn!(
+                    "out of device memory on a whole frame ({reason}); retrying in tiles"
+                ),
+                Err(Failure::Device(reason)) => return Err(device_error(reason)),
+                Err(Failure::Interrupted) => return Err(Error::Interrupted),
             }
-            log::warn!("out of device memory on a whole frame ({failure}); retrying in tiles");
         }
         let planar = picture.to_planar().map_err(|reason| Error::Device {
             context: "reading a decoded frame".into(),
@@ -487,25 +484,34 @@ impl<B: Backend> Upscaler<B> {
             profile.readback_s += t2.elapsed().as_secs_f64();
             result
         }));
-        match attempt {
-            Ok(Ok(planar)) => Ok(planar),
-            Ok(Err(reason)) => Err(Failure::Device(reason)),
-            Err(payload) => {
-                let message = crate::panic_message(&payload);
-                if is_out_of_memory(&message) {
-                    Err(Failure::OutOfMemory(message))
-                } else {
-                    Err(Failure::Device(message))
-                }
-            }
-        }
+        sort_failure(attempt)
     }
+}
+
+/// A model run's error or panic, sorted: out of device memory (worth retrying in smaller tiles),
+/// or any other failure.
+fn sort_failure<T>(attempt: std::thread::Result<Result<T, String>>) -> Result<T, Failure> {
+    let message = match attempt {
+        Ok(result) => return result.map_err(Failure::sorted),
+        Err(payload) => crate::panic_message(&payload),
+    };
+    Err(Failure::sorted(message))
 }
 
 enum Failure {
     OutOfMemory(String),
     Device(String),
     Interrupted,
+}
+
+impl Failure {
+    fn sorted(message: String) -> Self {
+        if is_out_of_memory(&message) {
+            Failure::OutOfMemory(message)
+        } else {
+            Failure::Device(message)
+        }
+    }
 }
 
 fn is_out_of_memory(message: &str) -> bool {
@@ -631,5 +637,18 @@ mod tests {
         assert!(is_out_of_memory("CUDA_ERROR_OUT_OF_MEMORY"));
         assert!(is_out_of_memory("Failed to allocate 3 GiB"));
         assert!(!is_out_of_memory("index out of bounds"));
+    }
+
+    #[test]
+    fn failures_are_sorted_whether_returned_or_panicked() {
+        let returned: std::thread::Result<Result<(), String>> =
+            Ok(Err("CUDA_ERROR_OUT_OF_MEMORY".into()));
+        assert!(matches!(
+            sort_failure(returned),
+            Err(Failure::OutOfMemory(_))
+        ));
+        let panicked = catch_unwind(|| -> Result<(), String> { panic!("kernel launch failed") });
+        assert!(matches!(sort_failure(panicked), Err(Failure::Device(_))));
+        assert!(matches!(sort_failure(Ok(Ok(7))), Ok(7)));
     }
 }
