@@ -88,21 +88,6 @@ impl YuvSurface {
     pub fn words(&self) -> usize {
         self.cr_at + self.chroma_pitch * self.chroma_rows()
     }
-
-    /// The eight numbers `yuv_to_planes` reads.
-    fn numbers(&self) -> [u32; 8] {
-        [
-            self.luma_pitch as u32,
-            self.chroma_pitch as u32,
-            self.cb_at as u32,
-            self.cr_at as u32,
-            // A chroma sample's step within its row, and Cr's place after Cb.
-            if self.interleaved { 2 } else { 1 },
-            u32::from(self.interleaved),
-            self.chroma_shift.0,
-            self.chroma_shift.1,
-        ]
-    }
 }
 
 /// Y'CbCr -> R'G'B' for one stream: the matrix (its Kr and Kb), the range, the sample depth, where
@@ -120,7 +105,7 @@ pub struct YuvToRgb {
 }
 
 impl YuvToRgb {
-    /// The eleven numbers `yuv420_to_planes` reads.
+    /// The eleven numbers `yuv_to_planes` reads.
     pub fn coefficients(&self) -> [f32; 11] {
         let unit = (1u32 << (self.depth - 8)) as f32;
         let (y_offset, y_scale, c_scale) = if self.full_range {
@@ -179,15 +164,23 @@ fn clamp_index(at: i32, n: u32) -> usize {
 
 /// One unit per pixel: luma as is, chroma interpolated bilinearly from its sited samples (read
 /// directly where it is not subsampled), the matrix applied, then clamped to 0..1 and rounded to
-/// the output precision, as swscale's RGB is. `layout` holds `YuvSurface::numbers`.
+/// the output precision, as swscale's RGB is. The layout's numbers are `YuvSurface`'s, with
+/// `interleaved` 1 or 0.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn yuv_to_planes(
     surface: &Array<u32>,
-    layout: &Array<u32>,
     k: &Array<f32>,
     planes: &mut Array<f32>,
     width: u32,
     height: u32,
+    luma_pitch: u32,
+    chroma_pitch: u32,
+    cb_at: u32,
+    cr_at: u32,
+    interleaved: u32,
+    shift_x: u32,
+    shift_y: u32,
     shift: u32,
     #[comptime] wide: bool,
 ) {
@@ -197,11 +190,11 @@ pub fn yuv_to_planes(
     if index < pixels {
         let x = index % w;
         let y = index / w;
-        let chroma_pitch = layout[1] as usize;
-        let step = layout[4] as usize;
-        let cr_offset = layout[5] as usize;
-        let (shift_x, shift_y) = (layout[6], layout[7]);
-        let luma = sample(surface, y * layout[0] as usize, x, shift, wide);
+        let chroma_pitch = chroma_pitch as usize;
+        // A chroma sample's step within its row, and Cr's place after Cb in an interleaved one.
+        let step = 1 + interleaved as usize;
+        let cr_offset = interleaved as usize;
+        let luma = sample(surface, y * luma_pitch as usize, x, shift, wide);
         let cw = (width + (1 << shift_x) - 1) >> shift_x;
         let ch = (height + (1 << shift_y) - 1) >> shift_y;
         let u = (f32::cast_from(x) - k[8]) / f32::cast_from(1u32 << shift_x);
@@ -215,7 +208,7 @@ pub fn yuv_to_planes(
         let mut cr = 0.0f32;
         #[unroll]
         for c in 0..2usize {
-            let plane = layout[2 + c] as usize;
+            let plane = cb_at as usize + c * (cr_at - cb_at) as usize;
             let top = plane + rows.0 * chroma_pitch;
             let bottom = plane + rows.1 * chroma_pitch;
             let (ea, eb) = (step * xa + c * cr_offset, step * xb + c * cr_offset);
@@ -322,7 +315,6 @@ pub fn to_planes<R: Runtime>(
 ) -> Handle {
     let pixels = layout.width * layout.height;
     let planes = client.empty(3 * pixels * size_of::<f32>());
-    let numbers = client.create_from_slice(u32::as_bytes(&layout.numbers()));
     let k = client.create_from_slice(f32::as_bytes(&conversion.coefficients()));
     let cube = CubeDim::new_1d(CUBE);
     // Safety: the lengths are those of the buffers; the kernel bounds its own indices, and the
@@ -333,11 +325,17 @@ pub fn to_planes<R: Runtime>(
             calculate_cube_count_elemwise(client, pixels, cube),
             cube,
             ArrayArg::from_raw_parts(surface.clone(), layout.words()),
-            ArrayArg::from_raw_parts(numbers, 8),
             ArrayArg::from_raw_parts(k, 11),
             ArrayArg::from_raw_parts(planes.clone(), 3 * pixels),
             layout.width as u32,
             layout.height as u32,
+            layout.luma_pitch as u32,
+            layout.chroma_pitch as u32,
+            layout.cb_at as u32,
+            layout.cr_at as u32,
+            u32::from(layout.interleaved),
+            layout.chroma_shift.0,
+            layout.chroma_shift.1,
             layout.shift,
             layout.wide,
         )
