@@ -273,6 +273,9 @@ pub struct DedupRow {
     /// On cuda, `detect` for a frame already packed on the device, as NVDEC frames are and as
     /// software-decoded frames are once uploaded.
     pub resident: Option<Duration>,
+    /// On wgpu, the device time of `detect`'s shaders, from timestamps the device writes (the
+    /// frame's upload before them is not included).
+    pub shaders: Option<Duration>,
     /// On cuda, the upload of a software-decoded yuv420p frame with its conversion and packing on
     /// the device (shared by the model and the detector), and the f32 planes' upload the model
     /// made before.
@@ -365,6 +368,8 @@ fn dedup_on<B: Backend>(
         next += 1;
         (t1 - t0, t2 - t1)
     };
+    let timed = dedup.detector.time_on_device();
+    let mut shaders = Vec::new();
     let (mut pack_times, mut detect, mut decide) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs.max(1) + 3 {
         let t0 = Instant::now();
@@ -376,6 +381,9 @@ fn dedup_on<B: Backend>(
             pack_times.push(packing);
             detect.push(looking);
             decide.push(deciding);
+            if let Some(device) = dedup.detector.device_time().filter(|_| timed) {
+                shaders.push(device);
+            }
         }
     }
     // Frames decoded by NVDEC are packed on the device already: no packing, no upload. A
@@ -421,6 +429,7 @@ fn dedup_on<B: Backend>(
         detect: median(detect),
         decide: median(decide),
         resident: (!resident.is_empty()).then(|| median(resident)),
+        shaders: (!shaders.is_empty()).then(|| median(shaders)),
         upload: (!uploads.0.is_empty()).then(|| (median(uploads.0), median(uploads.1))),
     }
 }

@@ -184,16 +184,17 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
 
 fn bench_dedup(plan: &BenchPlan) -> Result<(), Error> {
     println!(
-        "duplicate detection per frame against a full window of {} kept frames (pack on the host; upload, features and comparisons on the device; decision on the host; resident: from a frame packed on the device, as NVDEC frames are; upload: a software-decoded yuv420p frame uploaded, converted and packed on the device, then the f32 planes the model was given before), median of {} runs",
+        "duplicate detection per frame against a full window of {} kept frames (pack on the host; upload, features and comparisons on the device; decision on the host; shaders: the device time of detect's shaders on wgpu, from timestamps; resident: from a frame packed on the device, as NVDEC frames are; upload: a software-decoded yuv420p frame uploaded, converted and packed on the device, then the f32 planes the model was given before), median of {} runs",
         upframe::dedup::WINDOW,
         plan.runs
     );
     println!(
-        "{:<7} {:>10} {:>8} {:>9} {:>8} {:>8} {:>11} {:>17}  features, device",
+        "{:<7} {:>10} {:>8} {:>9} {:>10} {:>8} {:>8} {:>11} {:>17}  features, device",
         "backend",
         "frame",
         "pack ms",
         "detect ms",
+        "shaders ms",
         "decide",
         "total",
         "resident ms",
@@ -202,11 +203,12 @@ fn bench_dedup(plan: &BenchPlan) -> Result<(), Error> {
     upframe::bench::dedup_cost(plan, |r| {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{:<7} {:>10} {:>8.2} {:>9.2} {:>8.2} {:>8.2} {:>11} {:>17}  {}, {}",
+            "{:<7} {:>10} {:>8.2} {:>9.2} {:>10} {:>8.2} {:>8.2} {:>11} {:>17}  {}, {}",
             r.backend.to_string(),
             format!("{}x{}", r.width, r.height),
             ms(r.pack),
             ms(r.detect),
+            r.shaders.map_or("-".into(), |d| format!("{:.3}", ms(d))),
             ms(r.decide),
             ms(r.total()),
             r.resident.map_or("-".into(), |d| format!("{:.3}", ms(d))),

@@ -192,6 +192,23 @@ where
         }
     }
 
+    /// Asks the WGSL shaders to time each later look on the device; false for other ways, or
+    /// where the device writes no timestamps.
+    pub fn time_on_device(&mut self) -> bool {
+        match &mut self.way {
+            Way::Wgsl(shaders, _) => shaders.time_on_device(),
+            _ => false,
+        }
+    }
+
+    /// The last look's device time, where `time_on_device` was granted.
+    pub fn device_time(&self) -> Option<std::time::Duration> {
+        match &self.way {
+            Way::Wgsl(shaders, _) => shaders.device_time(),
+            _ => None,
+        }
+    }
+
     /// Keeps the frame looked at last if the decision kept it; forgets released ones.
     pub fn settle(&mut self, index: u64, decision: &Decision) {
         match &mut self.way {

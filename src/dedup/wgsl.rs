@@ -26,7 +26,20 @@ pub struct WgslCells {
     mean_limit: u32,
     slots: Slots,
     buffers: Option<Buffers>,
+    timer: Option<Timer>,
 }
+
+/// Timestamps written at the start and end of the shaders' pass, read back with the results:
+/// the device time a look takes, which `bench --dedup` reports beside its wall time.
+struct Timer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    nanoseconds_per_tick: f32,
+    last: Option<std::time::Duration>,
+}
+
+/// Bytes of the two resolved timestamps at the end of the read-back.
+const TIMESTAMP_BYTES: u64 = 16;
 
 /// Everything sized for one frame size, kept while frames keep that size.
 struct Buffers {
@@ -36,12 +49,14 @@ struct Buffers {
     cells: Vec<wgpu::Buffer>,
     /// The hash's region sums.
     regions: wgpu::Buffer,
-    partials: wgpu::Buffer,
+    /// One per slot: what comparing a new frame with that kept frame found. Separate buffers,
+    /// so that the comparisons, each writing its own, need no barrier between them and run side
+    /// by side (a shared one made the device finish each before starting the next).
+    partials: Vec<wgpu::Buffer>,
     staging: wgpu::Buffer,
     resize_groups: Vec<wgpu::BindGroup>,
     hash_groups: Vec<wgpu::BindGroup>,
-    /// Per slot compared: where its partial results go.
-    compare_params: Vec<wgpu::Buffer>,
+    compare_params: wgpu::Buffer,
     /// By (kept slot, new slot), made on first use.
     compare_groups: HashMap<(usize, usize), wgpu::BindGroup>,
 }
@@ -73,7 +88,36 @@ impl WgslCells {
             mean_limit,
             slots: Slots::new(window),
             buffers: None,
+            timer: None,
         }
+    }
+
+    /// Times each later look on the device, where the device writes timestamps; false where it
+    /// cannot.
+    pub fn time_on_device(&mut self) -> bool {
+        if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return false;
+        }
+        self.timer = Some(Timer {
+            queries: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("dedup timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolved: self.storage(
+                "dedup timestamps",
+                TIMESTAMP_BYTES as usize,
+                U::QUERY_RESOLVE | U::COPY_SRC,
+            ),
+            nanoseconds_per_tick: self.queue.get_timestamp_period(),
+            last: None,
+        });
+        true
+    }
+
+    /// The device time of the last look, from its pass's first shader to the end of its last.
+    pub fn device_time(&self) -> Option<std::time::Duration> {
+        self.timer.as_ref().and_then(|t| t.last)
     }
 
     /// Whether one plane set of this size fits the device's largest storage binding.
@@ -105,7 +149,11 @@ impl WgslCells {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("dedup"),
-                timestamp_writes: None,
+                timestamp_writes: self.timer.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
             });
             pass.set_pipeline(&self.resize);
             pass.set_bind_group(0, &b.resize_groups[slot], &[]);
@@ -121,16 +169,37 @@ impl WgslCells {
                 pass.dispatch_workgroups(cubes as u32, 1, 1);
             }
         }
-        let partials_size = (self.slots.count() * cubes * 2 * 4) as u64;
         encoder.copy_buffer_to_buffer(&b.regions, 0, &b.staging, 0, 4 * REGIONS as u64);
-        encoder.copy_buffer_to_buffer(
-            &b.partials,
-            0,
-            &b.staging,
-            4 * REGIONS as u64,
-            partials_size,
-        );
+        let partials_size = (cubes * 2 * 4) as u64;
+        for &(k, _) in &kept {
+            encoder.copy_buffer_to_buffer(
+                &b.partials[k],
+                0,
+                &b.staging,
+                4 * REGIONS as u64 + k as u64 * partials_size,
+                partials_size,
+            );
+        }
+        let timestamps_at = b.staging.size() - TIMESTAMP_BYTES;
+        if let Some(t) = &self.timer {
+            encoder.resolve_query_set(&t.queries, 0..2, &t.resolved, 0);
+            encoder.copy_buffer_to_buffer(
+                &t.resolved,
+                0,
+                &b.staging,
+                timestamps_at,
+                TIMESTAMP_BYTES,
+            );
+        }
         let words = self.read_back(encoder, &b.staging);
+        if let Some(t) = &mut self.timer {
+            let at = timestamps_at as usize / 4;
+            let tick = |i: usize| u64::from(words[at + i]) | u64::from(words[at + i + 1]) << 32;
+            let ticks = tick(2).saturating_sub(tick(0));
+            t.last = Some(std::time::Duration::from_nanos(
+                (ticks as f64 * f64::from(t.nanoseconds_per_tick)) as u64,
+            ));
+        }
         Look::from_read_back(&words, frame.has_hash(), kept, cubes, bw * bh)
     }
 
@@ -238,8 +307,8 @@ impl WgslCells {
             &[
                 &b.cells[kept],
                 &b.cells[new],
-                &b.partials,
-                &b.compare_params[kept],
+                &b.partials[kept],
+                &b.compare_params,
             ],
         );
         let b = self.buffers.as_mut().expect("made before");
@@ -256,27 +325,18 @@ impl WgslCells {
             .map(|_| self.storage("dedup cells", 3 * ch * wq * 4, U::STORAGE | U::COPY_SRC))
             .collect();
         let regions = self.storage("dedup hash regions", 4 * REGIONS, U::STORAGE | U::COPY_SRC);
-        let partials = self.storage(
-            "dedup partials",
-            slots * cubes * 2 * 4,
-            U::STORAGE | U::COPY_SRC,
-        );
+        let partials = (0..slots)
+            .map(|_| self.storage("dedup partials", cubes * 2 * 4, U::STORAGE | U::COPY_SRC))
+            .collect();
         let staging = self.storage(
             "dedup readback",
-            (REGIONS + slots * cubes * 2) * 4,
+            (REGIONS + slots * cubes * 2) * 4 + TIMESTAMP_BYTES as usize,
             U::MAP_READ | U::COPY_DST,
         );
         let resize_params = self.uniform("resize params", [wq as u32, rows as u32, ch as u32, 0]);
         let hash_params = self.uniform("hash params", [wq as u32, ch as u32, 0, 0]);
-        let compare_params = (0..slots)
-            .map(|k| {
-                let out_at = (k * cubes * 2) as u32;
-                self.uniform(
-                    "compare params",
-                    [wq as u32, ch as u32, self.mean_limit, out_at],
-                )
-            })
-            .collect();
+        let compare_params =
+            self.uniform("compare params", [wq as u32, ch as u32, self.mean_limit, 0]);
         Buffers {
             key: (wq, rows),
             resize_groups: cells
