@@ -28,6 +28,10 @@ pub struct BenchRow {
     pub memory: Option<u64>,
     pub width: usize,
     pub height: usize,
+    /// Frames per forward; `median` and `min` are per forward.
+    pub batch: usize,
+    /// Threads timing forwards side by side, each on its own stream.
+    pub streams: usize,
     pub median: Duration,
     pub min: Duration,
     pub runs: usize,
@@ -35,12 +39,12 @@ pub struct BenchRow {
 
 impl BenchRow {
     pub fn fps(&self) -> f64 {
-        1.0 / self.median.as_secs_f64()
+        (self.streams * self.batch) as f64 / self.median.as_secs_f64()
     }
 
     /// Achieved arithmetic rate, from the convolutions' multiply-adds.
     pub fn tflops(&self, flop_per_pixel: f64) -> f64 {
-        flop_per_pixel * (self.width * self.height) as f64 / self.median.as_secs_f64() / 1e12
+        flop_per_pixel * (self.width * self.height) as f64 * self.fps() / 1e12
     }
 }
 
@@ -54,6 +58,10 @@ pub struct BenchPlan {
     pub runs: usize,
     /// `Auto` times our kernels (where they apply) and burn's generic operations.
     pub kernels: Kernels,
+    /// Frames per forward of our kernels.
+    pub batch: usize,
+    /// Threads running our kernels side by side.
+    pub streams: usize,
 }
 
 /// Multiply-adds × 2 of the graph's convolutions per input pixel.
@@ -164,22 +172,35 @@ fn bench_on<B: Backend>(
         };
         let net = Network::<B>::new(model.graph.clone(), precision, device);
         for &(w, h) in sizes {
-            let mut cases: Vec<(String, Box<dyn Fn() -> Vec<Duration> + '_>)> = Vec::new();
+            // Each case's times, and the device memory held after them.
+            type Timed = (Vec<Duration>, Option<u64>);
+            type Case<'a> = (String, usize, usize, Box<dyn Fn() -> Timed + 'a>);
+            let held = || backend::memory_reserved(device);
+            let mut cases: Vec<Case> = Vec::new();
             if let Some(fused) = &fused {
-                cases.push((
-                    fused.describe(),
-                    Box::new(|| fused.time_forward(w, h, plan.runs)),
-                ));
+                let time: Box<dyn Fn() -> Timed> = match plan.streams {
+                    1 => Box::new(|| (fused.time_forward(w, h, plan.runs, plan.batch), held())),
+                    streams => Box::new(move || {
+                        let (times, memory) =
+                            side_by_side(&model.graph, precision, device, streams, |engine| {
+                                engine.time_forward(w, h, plan.runs, plan.batch)
+                            });
+                        (times, memory.map(|m| m + held().unwrap_or(0)))
+                    }),
+                };
+                cases.push((fused.describe(), plan.batch, plan.streams, time));
             }
             if generic_ok {
                 cases.push((
                     "burn's generic operations".into(),
-                    Box::new(|| time_forward(&net, w, h, plan.runs)),
+                    1,
+                    1,
+                    Box::new(|| (time_forward(&net, w, h, plan.runs), held())),
                 ));
             }
-            for (kernels, time) in cases {
+            for (kernels, batch, streams, time) in cases {
                 let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&time));
-                let mut times = match timed {
+                let (mut times, memory) = match timed {
                     Ok(t) => t,
                     Err(payload) => {
                         // One case failing (device memory, binding limits) must not hide the others.
@@ -197,9 +218,11 @@ fn bench_on<B: Backend>(
                     device: info.name.clone(),
                     precision,
                     kernels,
-                    memory: backend::memory_reserved(device),
+                    memory,
                     width: w,
                     height: h,
+                    batch,
+                    streams,
                     median: times[times.len() / 2],
                     min: times[0],
                     runs: plan.runs,
@@ -208,6 +231,41 @@ fn bench_on<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// `time` run by `streams` threads at once, each with an engine of its own (and so its own
+/// stream), as the video pipeline's upscale threads run: every thread's times, together, and the
+/// device memory the threads' streams hold (the runtime counts it per stream).
+fn side_by_side<D: std::any::Any + Sync>(
+    graph: &crate::model::graph::Graph,
+    precision: Precision,
+    device: &D,
+    streams: usize,
+    time: impl Fn(&dyn kernels::Fused) -> Vec<Duration> + Sync,
+) -> (Vec<Duration>, Option<u64>) {
+    let engines: Vec<_> = (0..streams)
+        .filter_map(|_| kernels::fused_for(graph, precision, device))
+        .collect();
+    let start = std::sync::Barrier::new(engines.len());
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = engines
+            .into_iter()
+            .map(|engine| {
+                let (time, start) = (&time, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    (time(engine.as_ref()), engine.memory_reserved())
+                })
+            })
+            .collect();
+        let mut all = (Vec::new(), Some(0));
+        for thread in threads {
+            let (times, memory) = thread.join().expect("a timing thread");
+            all.0.extend(times);
+            all.1 = all.1.zip(memory).map(|(a, b)| a + b);
+        }
+        all
+    })
 }
 
 fn time_forward<B: Backend>(net: &Network<B>, w: usize, h: usize, runs: usize) -> Vec<Duration> {

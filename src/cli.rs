@@ -206,6 +206,16 @@ pub struct BenchArgs {
     #[arg(short = 'n', long, default_value_t = 20)]
     pub runs: usize,
 
+    /// Frames per forward for upframe's fused kernels, which take several at once (burn's
+    /// generic operations are timed one frame at a time); fps counts every frame
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub batch: u16,
+
+    /// Threads running upframe's fused kernels side by side, each with its own engine and
+    /// stream, as the video pipeline's upscale threads do; fps is their sum
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub streams: u8,
+
     /// Also write the rows as JSON lines to this file
     #[arg(long)]
     pub json: Option<PathBuf>,

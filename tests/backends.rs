@@ -550,6 +550,88 @@ fn fused_kernels_match_cpu_on_cuda() {
     assert_fused_matches_cpu::<Cuda>(&device, Precision::F32, (0.05, 0.005));
 }
 
+/// Several frames through our kernels at once give, bit for bit, what each gives alone: in fp32
+/// and fp16, packed and as planes, with a kept region off the edges, at a size with partial tiles.
+fn assert_batches_equal_frames_alone<D: std::any::Any>(device: &D, precisions: &[Precision]) {
+    use upframe::kernels::FusedOutput;
+    let model = model::load(model::DEFAULT_MODEL, None).unwrap();
+    let (w, h, frames) = (40, 21, 3);
+    let photo = photo();
+    // Different content per frame: windows of the photo from different corners.
+    let pictures: Vec<Planar> = (0..frames)
+        .map(|i| {
+            let mut out = Planar::new(3, w, h);
+            for c in 0..3 {
+                for y in 0..h {
+                    let row = (c * photo.height + y + 7 * i) * photo.width + 9 * i;
+                    out.data[(c * h + y) * w..][..w].copy_from_slice(&photo.data[row..row + w]);
+                }
+            }
+            out
+        })
+        .collect();
+    let stacked: Vec<f32> = pictures.iter().flat_map(|p| p.data.clone()).collect();
+    let keep = (3, 5, 4 * w - 7, 4 * h - 9);
+    for &precision in precisions {
+        let fused = upframe::kernels::fused_for(&model.graph, precision, device)
+            .expect("our kernels take the embedded model");
+        for packed in [true, false] {
+            let batch = fused
+                .run_frames(&stacked, frames, w, h, keep, packed)
+                .expect("a batch runs");
+            let alone: Vec<FusedOutput> = pictures
+                .iter()
+                .map(|p| fused.run(&p.data, w, h, keep, packed).expect("a frame runs"))
+                .collect();
+            let what = format!("{} {precision}, packed {packed}", fused.describe());
+            match batch {
+                FusedOutput::Rgb8(all) => {
+                    let each: Vec<u32> = alone
+                        .into_iter()
+                        .flat_map(|o| match o {
+                            FusedOutput::Rgb8(v) => v,
+                            FusedOutput::Planes(_) => panic!("asked for packed output"),
+                        })
+                        .collect();
+                    assert!(all == each, "{what}: the batch differs from frames alone");
+                }
+                FusedOutput::Planes(all) => {
+                    let each: Vec<f32> = alone
+                        .into_iter()
+                        .flat_map(|o| match o {
+                            FusedOutput::Planes(v) => v,
+                            FusedOutput::Rgb8(_) => panic!("asked for planes"),
+                        })
+                        .collect();
+                    assert_eq!(all.len(), each.len(), "{what}");
+                    assert!(all == each, "{what}: the batch differs from frames alone");
+                }
+            }
+            eprintln!("{what}: {frames} frames at once equal each alone");
+        }
+    }
+}
+
+#[test]
+fn fused_batches_equal_frames_alone_on_wgpu() {
+    let Some((device, info)) = wgpu() else { return };
+    let mut precisions = vec![Precision::F32];
+    if upframe::resolve_precision::<Wgpu>(PrecisionArg::Auto, &info, &device).unwrap()
+        == Precision::F16
+    {
+        precisions.push(Precision::F16);
+    }
+    assert_batches_equal_frames_alone(&device, &precisions);
+}
+
+#[test]
+fn fused_batches_equal_frames_alone_on_cuda() {
+    let Some(Selected::Cuda(device, _)) = selected(BackendKind::Cuda) else {
+        return;
+    };
+    assert_batches_equal_frames_alone(&device, &[Precision::F16, Precision::F32]);
+}
+
 /// Duplicate-frame features on cuda (CubeCL kernels) equal their host definition, bit for bit.
 #[test]
 fn cuda_dedup_features_match_the_definition() {

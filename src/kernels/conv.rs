@@ -11,6 +11,10 @@
 //!   that its planes share one coalesced read of them.
 //! - `conv3x3_direct`: the same convolution for devices without cooperative matrices.
 //! - `tail`: pixel shuffle + nearest-neighbour base + clamp, into 8-bit RGB0 or f32 planes.
+//!
+//! Each kernel takes a batch of `frames` pictures stored one after another, so that small frames
+//! still fill the device. `batched` is comptime: a single picture compiles without the per-frame
+//! offsets, which cost the tensor-core convolution 28% over Vulkan (BENCHMARKS.md, lease Z).
 
 use cubecl::prelude::*;
 use half::f16;
@@ -49,8 +53,10 @@ pub fn head<F: Float>(
     output: &mut Array<Quad<F>>,
     height: u32,
     width: u32,
+    frames: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
+    #[comptime] batched: bool,
 ) {
     let quads = comptime![cout / 4];
     let weight_quads = comptime![9 * cin * cout / 4];
@@ -65,9 +71,19 @@ pub fn head<F: Float>(
     let w = width as usize;
     let plane = w * height as usize;
     let pixel = ABSOLUTE_POS;
-    if pixel < plane {
-        let x = (pixel % w) as i32;
-        let y = (pixel / w) as i32;
+    let mut pixels = plane;
+    if comptime![batched] {
+        pixels = plane * frames as usize;
+    }
+    if pixel < pixels {
+        let mut first_plane = 0usize;
+        let mut within = pixel;
+        if comptime![batched] {
+            first_plane = (pixel / plane) * cin * plane;
+            within = pixel % plane;
+        }
+        let x = (within % w) as i32;
+        let y = (within / w) as i32;
         let mut acc = Array::<Quad<f32>>::new(quads);
         #[unroll]
         for q in 0..quads {
@@ -81,7 +97,7 @@ pub fn head<F: Float>(
                 let at = sy as usize * w + sx as usize;
                 #[unroll]
                 for ci in 0..cin {
-                    let v = Quad::<f32>::new(input[ci * plane + at]);
+                    let v = Quad::<f32>::new(input[first_plane + ci * plane + at]);
                     let row = (tap * cin + ci) * quads;
                     #[unroll]
                     for q in 0..quads {
@@ -114,20 +130,32 @@ pub fn conv3x3_direct<F: Float>(
     output: &mut Array<F>,
     height: u32,
     width: u32,
+    frames: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] group: usize,
     #[comptime] prelu: bool,
+    #[comptime] batched: bool,
 ) {
     let w = width as usize;
     let h = height as usize;
     let groups = cout / group;
     let index = ABSOLUTE_POS;
-    if index < w * h * groups {
+    let mut units = w * h * groups;
+    if comptime![batched] {
+        units *= frames as usize;
+    }
+    if index < units {
         let first = (index % groups) * group;
         let pixel = index / groups;
-        let x = (pixel % w) as i32;
-        let y = (pixel / w) as i32;
+        let mut frame_start = 0usize;
+        let mut within = pixel;
+        if comptime![batched] {
+            frame_start = (pixel / (w * h)) * w * h;
+            within = pixel % (w * h);
+        }
+        let x = (within % w) as i32;
+        let y = (within / w) as i32;
         let mut acc = Array::<f32>::new(group);
         #[unroll]
         for j in 0..group {
@@ -137,7 +165,7 @@ pub fn conv3x3_direct<F: Float>(
             let sx = x + (tap % 3) as i32 - 1;
             let sy = y + (tap / 3) as i32 - 1;
             if sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32 {
-                let at = (sy as usize * w + sx as usize) * cin;
+                let at = (frame_start + sy as usize * w + sx as usize) * cin;
                 let taps = tap * cin * cout + first;
                 for ci in 0..cin {
                     let v = f32::cast_from(input[at + ci]);
@@ -182,6 +210,7 @@ pub fn conv3x3_tiles(
     #[comptime] pad: usize,
     #[comptime] weights_shared: bool,
     #[comptime] prelu: bool,
+    #[comptime] batched: bool,
 ) {
     let tile_x = comptime![TILE_X as usize];
     let tile_y = comptime![planes * rows];
@@ -203,6 +232,11 @@ pub fn conv3x3_tiles(
     let loads = comptime![(halo_pixels * vectors_in).div_ceil(units)];
 
     let w = width as usize;
+    // Frames of a batch follow each other; each has its own layer of cubes in z.
+    let mut frame_start = 0usize;
+    if comptime![batched] {
+        frame_start = CUBE_POS_Z as usize * w * height as usize;
+    }
     let x0 = (CUBE_POS_X * TILE_X) as i32;
     let y0 = CUBE_POS_Y as i32 * tile_y as i32;
     let lane = UNIT_POS_X as usize;
@@ -231,7 +265,7 @@ pub fn conv3x3_tiles(
             let sy = y0 + (pixel / halo_w) as i32 - 1;
             let mut v = Half8::new(f16::new(0.0));
             if sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32 {
-                v = input[(sy as usize * w + sx as usize) * vectors_in + c];
+                v = input[(frame_start + sy as usize * w + sx as usize) * vectors_in + c];
             }
             halo[pixel * pixel_vectors + c] = v;
         }
@@ -360,7 +394,7 @@ pub fn conv3x3_tiles(
                                 f16::cast_from(prelu_if(v, epilogue[cout + ch], prelu));
                         }
                     }
-                    output[(y * w + x) * vectors_out + nf * 2 + half] = out;
+                    output[(frame_start + y * w + x) * vectors_out + nf * 2 + half] = out;
                 }
                 sync_plane();
             }
@@ -425,31 +459,45 @@ pub fn tail<F: Float>(
     keep_y: u32,
     keep_w: u32,
     keep_h: u32,
+    frames: u32,
     #[comptime] scale: usize,
     #[comptime] packed: bool,
+    #[comptime] batched: bool,
 ) {
     let index = ABSOLUTE_POS;
     let kw = keep_w as usize;
     let kh = keep_h as usize;
-    if index < kw * kh {
-        let ox = keep_x as usize + index % kw;
-        let oy = keep_y as usize + index / kw;
+    let mut outputs = kw * kh;
+    if comptime![batched] {
+        outputs *= frames as usize;
+    }
+    if index < outputs {
+        let mut frame = 0usize;
+        let mut within = index;
+        if comptime![batched] {
+            frame = index / (kw * kh);
+            within = index % (kw * kh);
+        }
+        let ox = keep_x as usize + within % kw;
+        let oy = keep_y as usize + within / kw;
         let w = width as usize;
         let sx = ox / scale;
         let sy = oy / scale;
         let sub = (oy % scale) * scale + ox % scale;
         let channels = comptime![3 * scale * scale];
-        let at = sy * w + sx;
         let plane = w * height as usize;
+        let at = sy * w + sx;
         let mut word = 0u32;
         #[unroll]
         for c in 0..3usize {
-            let r = f32::cast_from(residual[at * channels + c * scale * scale + sub]);
-            let v = clamp(r + input[c * plane + at], 0.0, 1.0);
+            let r = f32::cast_from(
+                residual[(frame * plane + at) * channels + c * scale * scale + sub],
+            );
+            let v = clamp(r + input[(frame * 3 + c) * plane + at], 0.0, 1.0);
             if comptime![packed] {
                 word |= u32::cast_from(f32::floor(v * 255.0 + 0.5)) << (8 * c) as u32;
             } else {
-                planes[c * kw * kh + index] = v;
+                planes[(frame * 3 + c) * kw * kh + within] = v;
             }
         }
         if comptime![packed] {

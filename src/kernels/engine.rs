@@ -31,6 +31,8 @@ pub struct Engine<R: Runtime> {
     tensor_cores: bool,
     /// How `conv3x3_tiles` divides the picture.
     shape: TileShape,
+    /// The backend's default shape, which `describe` names differences from.
+    preferred: TileShape,
 }
 
 /// Whether the device multiplies 16×16×16 f16 matrices into f32 (tensor cores, or Vulkan's
@@ -151,8 +153,10 @@ impl<R: Runtime> Engine<R> {
         let widest = |f: fn(&super::srvgg::Layer) -> usize| {
             net.layers[1..].iter().map(f).max().unwrap_or(16)
         };
+        let preferred = shape;
         let shape = tile_shape(&client, shape, widest(|l| l.cin), widest(|l| l.cout));
         Self {
+            preferred,
             client,
             layers,
             scale: net.scale,
@@ -162,15 +166,17 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_as<F: Float + CubeElement>(
         &self,
         input: &Handle,
+        frames: usize,
         width: usize,
         height: usize,
         keep: Keep,
         packed: bool,
     ) -> Result<FusedOutput, String> {
-        let output = self.forward::<F>(input, width, height, keep, packed);
+        let output = self.forward::<F>(input, width, height, frames, keep, packed);
         let bytes = self
             .client
             .read_one(output)
@@ -185,14 +191,15 @@ impl<R: Runtime> Engine<R> {
     fn run_handle(
         &self,
         input: &Handle,
+        frames: usize,
         width: usize,
         height: usize,
         keep: Keep,
         packed: bool,
     ) -> Result<FusedOutput, String> {
         match self.precision {
-            Precision::F16 => self.run_as::<f16>(input, width, height, keep, packed),
-            Precision::F32 => self.run_as::<f32>(input, width, height, keep, packed),
+            Precision::F16 => self.run_as::<f16>(input, frames, width, height, keep, packed),
+            Precision::F32 => self.run_as::<f32>(input, frames, width, height, keep, packed),
         }
     }
 
@@ -201,15 +208,16 @@ impl<R: Runtime> Engine<R> {
         width: usize,
         height: usize,
         runs: usize,
+        batch: usize,
     ) -> Vec<Duration> {
-        let planes: Vec<f32> = (0..3 * width * height)
+        let planes: Vec<f32> = (0..3 * width * height * batch)
             .map(|i| (i.wrapping_mul(2654435761) % 1000) as f32 / 1000.0)
             .collect();
         let input = self.client.create_from_slice(f32::as_bytes(&planes));
         let keep = (0, 0, width * self.scale, height * self.scale);
         let once = || {
             let start = Instant::now();
-            let out = self.forward::<F>(&input, width, height, keep, true);
+            let out = self.forward::<F>(&input, width, height, batch, keep, true);
             cubecl::future::block_on(self.client.sync()).expect("device sync");
             drop(out);
             start.elapsed()
@@ -220,18 +228,20 @@ impl<R: Runtime> Engine<R> {
         (0..runs.max(1)).map(|_| once()).collect()
     }
 
-    /// Queues the whole network on `input` (3 f32 planes) and returns the handle of the result.
+    /// Queues the whole network on `input` (`frames` pictures of 3 f32 planes, one after
+    /// another) and returns the handle of the results, one after another.
     fn forward<F: Float + CubeElement>(
         &self,
         input: &Handle,
         width: usize,
         height: usize,
+        frames: usize,
         keep: Keep,
         packed: bool,
     ) -> Handle {
         let client = &self.client;
-        let pixels = width * height;
-        let (h, w) = (height as u32, width as u32);
+        let pixels = width * height * frames;
+        let (h, w, n) = (height as u32, width as u32, frames as u32);
         let head = &self.layers[0];
         let mut x = client.empty(pixels * head.cout * size_of::<F>());
         let cube = CubeDim::new_1d(256);
@@ -247,8 +257,10 @@ impl<R: Runtime> Engine<R> {
                 ArrayArg::from_raw_parts(x.clone(), pixels * head.cout / 4),
                 h,
                 w,
+                n,
                 head.cin,
                 head.cout,
+                frames > 1,
             )
         };
         for layer in &self.layers[1..] {
@@ -264,7 +276,7 @@ impl<R: Runtime> Engine<R> {
             if self.tensor_cores {
                 let shape = self.shape;
                 let rows_per_cube = (shape.planes * shape.rows) as u32;
-                let count = CubeCount::Static(w.div_ceil(TILE_X), h.div_ceil(rows_per_cube), 1);
+                let count = CubeCount::Static(w.div_ceil(TILE_X), h.div_ceil(rows_per_cube), n);
                 // Safety: 16-byte vectors, 8 halves each; channel counts are multiples of 16.
                 unsafe {
                     conv::conv3x3_tiles::launch_unchecked::<R>(
@@ -289,6 +301,7 @@ impl<R: Runtime> Engine<R> {
                         shape.pad,
                         shape.weights_shared,
                         layer.prelu,
+                        frames > 1,
                     )
                 };
             } else {
@@ -309,17 +322,19 @@ impl<R: Runtime> Engine<R> {
                         ArrayArg::from_raw_parts(y.clone(), pixels * layer.cout),
                         h,
                         w,
+                        n,
                         layer.cin,
                         layer.cout,
                         group,
                         layer.prelu,
+                        frames > 1,
                     )
                 };
             }
             x = y;
         }
         let (kx, ky, kw, kh) = keep;
-        let kept = kw * kh;
+        let kept = kw * kh * frames;
         let (rgb, rgb_len, out_planes, planes_len) = if packed {
             (client.empty(kept * 4), kept, client.empty(4), 1)
         } else {
@@ -341,8 +356,10 @@ impl<R: Runtime> Engine<R> {
                 ky as u32,
                 kw as u32,
                 kh as u32,
+                n,
                 self.scale,
                 packed,
+                frames > 1,
             )
         };
         if packed {
@@ -363,8 +380,21 @@ impl<R: Runtime> Fused for Engine<R> {
         keep: Keep,
         packed: bool,
     ) -> Result<FusedOutput, String> {
+        self.run_frames(planes, 1, width, height, keep, packed)
+    }
+
+    fn run_frames(
+        &self,
+        planes: &[f32],
+        frames: usize,
+        width: usize,
+        height: usize,
+        keep: Keep,
+        packed: bool,
+    ) -> Result<FusedOutput, String> {
+        let planes = &planes[..3 * width * height * frames];
         let input = self.client.create_from_slice(f32::as_bytes(planes));
-        self.run_handle(&input, width, height, keep, packed)
+        self.run_handle(&input, frames, width, height, keep, packed)
     }
 
     fn on_cuda(&self) -> bool {
@@ -384,14 +414,21 @@ impl<R: Runtime> Fused for Engine<R> {
             0 => planes.clone(),
             _ => picture::pad(&self.client, planes, width, height, pad),
         };
-        self.run_handle(&input, width + 2 * pad, height + 2 * pad, keep, packed)
+        self.run_handle(&input, 1, width + 2 * pad, height + 2 * pad, keep, packed)
     }
 
-    /// Model-only timings: the input stays on the device, each forward ends with a device sync.
-    fn time_forward(&self, width: usize, height: usize, runs: usize) -> Vec<Duration> {
+    /// Model-only timings of forwards over `batch` frames at once: the input stays on the device,
+    /// each forward ends with a device sync.
+    fn time_forward(
+        &self,
+        width: usize,
+        height: usize,
+        runs: usize,
+        batch: usize,
+    ) -> Vec<Duration> {
         match self.precision {
-            Precision::F16 => self.time_as::<f16>(width, height, runs),
-            Precision::F32 => self.time_as::<f32>(width, height, runs),
+            Precision::F16 => self.time_as::<f16>(width, height, runs, batch),
+            Precision::F32 => self.time_as::<f32>(width, height, runs, batch),
         }
     }
 
@@ -402,16 +439,23 @@ impl<R: Runtime> Fused for Engine<R> {
 
     fn describe(&self) -> String {
         if self.tensor_cores {
-            let s = self.shape;
-            let mut unrolled = if s.unroll_taps { ", taps unrolled" } else { "" }.to_string();
-            if s.pad != CUDA_SHAPE.pad {
-                unrolled += &format!(", channels padded by {}", s.pad);
+            let (s, p) = (self.shape, self.preferred);
+            let mut variants = String::new();
+            if s.unroll_taps {
+                variants += ", taps unrolled";
             }
-            if !s.weights_shared {
-                unrolled += ", weights read from global memory";
+            if s.pad != p.pad {
+                variants += &format!(", channels padded by {}", s.pad);
+            }
+            if s.weights_shared != p.weights_shared {
+                variants += if s.weights_shared {
+                    ", weights staged in shared memory"
+                } else {
+                    ", weights read from global memory"
+                };
             }
             format!(
-                "fused SRVGG kernels, tensor cores ({} row(s) x {} planes{unrolled})",
+                "fused SRVGG kernels, tensor cores ({} row(s) x {} planes{variants})",
                 s.rows, s.planes
             )
         } else {

@@ -46,6 +46,36 @@ pub trait Fused: Send {
         keep: Keep,
         packed: bool,
     ) -> Result<FusedOutput, String>;
+    /// As `run`, for `frames` pictures of the same size at once (one after another in `planes`,
+    /// and so in the output): one launch per layer for all of them, which fills a large device
+    /// better than one picture of a small size does.
+    fn run_frames(
+        &self,
+        planes: &[f32],
+        frames: usize,
+        width: usize,
+        height: usize,
+        keep: Keep,
+        packed: bool,
+    ) -> Result<FusedOutput, String> {
+        let mut all: Option<FusedOutput> = None;
+        for picture in planes.chunks_exact(3 * width * height).take(frames) {
+            let one = self.run(picture, width, height, keep, packed)?;
+            all = Some(match (all, one) {
+                (None, one) => one,
+                (Some(FusedOutput::Rgb8(mut a)), FusedOutput::Rgb8(b)) => {
+                    a.extend(b);
+                    FusedOutput::Rgb8(a)
+                }
+                (Some(FusedOutput::Planes(mut a)), FusedOutput::Planes(b)) => {
+                    a.extend(b);
+                    FusedOutput::Planes(a)
+                }
+                _ => return Err("mixed outputs".into()),
+            });
+        }
+        all.ok_or_else(|| "no frames".into())
+    }
     /// Whether `run_on_device` takes buffers of burn's CUDA client (those `video::device_frames`
     /// fills from NVDEC).
     fn on_cuda(&self) -> bool;
@@ -63,8 +93,15 @@ pub trait Fused: Send {
     ) -> Result<FusedOutput, String>;
     /// What runs, for logs and reports: e.g. "fused SRVGG kernels, tensor cores".
     fn describe(&self) -> String;
-    /// Model-only times of `runs` forwards at `width`×`height`, after a warm-up.
-    fn time_forward(&self, width: usize, height: usize, runs: usize) -> Vec<std::time::Duration>;
+    /// Model-only times of `runs` forwards of `batch` frames at `width`×`height`, after a
+    /// warm-up.
+    fn time_forward(
+        &self,
+        width: usize,
+        height: usize,
+        runs: usize,
+        batch: usize,
+    ) -> Vec<std::time::Duration>;
     /// Device memory the runtime holds, in bytes.
     fn memory_reserved(&self) -> Option<u64>;
 }
@@ -218,7 +255,7 @@ mod tests {
         fn describe(&self) -> String {
             "unwritten".into()
         }
-        fn time_forward(&self, _: usize, _: usize, _: usize) -> Vec<std::time::Duration> {
+        fn time_forward(&self, _: usize, _: usize, _: usize, _: usize) -> Vec<std::time::Duration> {
             Vec::new()
         }
         fn memory_reserved(&self) -> Option<u64> {
