@@ -581,7 +581,11 @@ fn assert_batches_equal_frames_alone<D: std::any::Any>(device: &D, precisions: &
                 .expect("a batch runs");
             let alone: Vec<FusedOutput> = pictures
                 .iter()
-                .map(|p| fused.run(&p.data, w, h, keep, packed).expect("a frame runs"))
+                .map(|p| {
+                    fused
+                        .run(&p.data, w, h, keep, packed)
+                        .expect("a frame runs")
+                })
                 .collect();
             let what = format!("{} {precision}, packed {packed}", fused.describe());
             match batch {

@@ -95,7 +95,11 @@ impl WgslCells {
     /// Times each later look on the device, where the device writes timestamps; false where it
     /// cannot.
     pub fn time_on_device(&mut self) -> bool {
-        if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
             return false;
         }
         self.timer = Some(Timer {
@@ -149,11 +153,14 @@ impl WgslCells {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("dedup"),
-                timestamp_writes: self.timer.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
-                    query_set: &t.queries,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
+                timestamp_writes: self
+                    .timer
+                    .as_ref()
+                    .map(|t| wgpu::ComputePassTimestampWrites {
+                        query_set: &t.queries,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }),
             });
             pass.set_pipeline(&self.resize);
             pass.set_bind_group(0, &b.resize_groups[slot], &[]);

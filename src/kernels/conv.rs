@@ -490,9 +490,8 @@ pub fn tail<F: Float>(
         let mut word = 0u32;
         #[unroll]
         for c in 0..3usize {
-            let r = f32::cast_from(
-                residual[(frame * plane + at) * channels + c * scale * scale + sub],
-            );
+            let r =
+                f32::cast_from(residual[(frame * plane + at) * channels + c * scale * scale + sub]);
             let v = clamp(r + input[(frame * 3 + c) * plane + at], 0.0, 1.0);
             if comptime![packed] {
                 word |= u32::cast_from(f32::floor(v * 255.0 + 0.5)) << (8 * c) as u32;
