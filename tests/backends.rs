@@ -550,10 +550,19 @@ fn fused_kernels_match_cpu_on_cuda() {
     assert_fused_matches_cpu::<Cuda>(&device, Precision::F32, (0.05, 0.005));
 }
 
+/// A fused output's values as bits: packed words as they are, planes' floats exactly.
+fn bits(output: upframe::kernels::FusedOutput) -> Vec<u32> {
+    match output {
+        upframe::kernels::FusedOutput::Rgb8(words) => words,
+        upframe::kernels::FusedOutput::Planes(floats) => {
+            floats.into_iter().map(f32::to_bits).collect()
+        }
+    }
+}
+
 /// Several frames through our kernels at once give, bit for bit, what each gives alone: in fp32
 /// and fp16, packed and as planes, with a kept region off the edges, at a size with partial tiles.
 fn assert_batches_equal_frames_alone<D: std::any::Any>(device: &D, precisions: &[Precision]) {
-    use upframe::kernels::FusedOutput;
     let model = model::load(model::DEFAULT_MODEL, None).unwrap();
     let (w, h, frames) = (40, 21, 3);
     let photo = photo();
@@ -579,38 +588,20 @@ fn assert_batches_equal_frames_alone<D: std::any::Any>(device: &D, precisions: &
             let batch = fused
                 .run_frames(&stacked, frames, w, h, keep, packed)
                 .expect("a batch runs");
-            let alone: Vec<FusedOutput> = pictures
+            let each: Vec<u32> = pictures
                 .iter()
-                .map(|p| {
-                    fused
-                        .run(&p.data, w, h, keep, packed)
-                        .expect("a frame runs")
+                .flat_map(|p| {
+                    bits(
+                        fused
+                            .run(&p.data, w, h, keep, packed)
+                            .expect("a frame runs"),
+                    )
                 })
                 .collect();
             let what = format!("{} {precision}, packed {packed}", fused.describe());
-            match batch {
-                FusedOutput::Rgb8(all) => {
-                    let each: Vec<u32> = alone
-                        .into_iter()
-                        .flat_map(|o| match o {
-                            FusedOutput::Rgb8(v) => v,
-                            FusedOutput::Planes(_) => panic!("asked for packed output"),
-                        })
-                        .collect();
-                    assert!(all == each, "{what}: the batch differs from frames alone");
-                }
-                FusedOutput::Planes(all) => {
-                    let each: Vec<f32> = alone
-                        .into_iter()
-                        .flat_map(|o| match o {
-                            FusedOutput::Planes(v) => v,
-                            FusedOutput::Rgb8(_) => panic!("asked for planes"),
-                        })
-                        .collect();
-                    assert_eq!(all.len(), each.len(), "{what}");
-                    assert!(all == each, "{what}: the batch differs from frames alone");
-                }
-            }
+            let all = bits(batch);
+            assert_eq!(all.len(), each.len(), "{what}");
+            assert!(all == each, "{what}: the batch differs from frames alone");
             eprintln!("{what}: {frames} frames at once equal each alone");
         }
     }

@@ -372,17 +372,6 @@ impl<R: Runtime> Engine<R> {
 
 impl<R: Runtime> Fused for Engine<R> {
     /// `channels`×`height`×`width` f32 planes in, the `keep` region of the upscaled result out.
-    fn run(
-        &self,
-        planes: &[f32],
-        width: usize,
-        height: usize,
-        keep: Keep,
-        packed: bool,
-    ) -> Result<FusedOutput, String> {
-        self.run_frames(planes, 1, width, height, keep, packed)
-    }
-
     fn run_frames(
         &self,
         planes: &[f32],

@@ -45,7 +45,9 @@ pub trait Fused: Send {
         height: usize,
         keep: Keep,
         packed: bool,
-    ) -> Result<FusedOutput, String>;
+    ) -> Result<FusedOutput, String> {
+        self.run_frames(planes, 1, width, height, keep, packed)
+    }
     /// As `run`, for `frames` pictures of the same size at once (one after another in `planes`,
     /// and so in the output): one launch per layer for all of them, which fills a large device
     /// better than one picture of a small size does.
@@ -57,25 +59,7 @@ pub trait Fused: Send {
         height: usize,
         keep: Keep,
         packed: bool,
-    ) -> Result<FusedOutput, String> {
-        let mut all: Option<FusedOutput> = None;
-        for picture in planes.chunks_exact(3 * width * height).take(frames) {
-            let one = self.run(picture, width, height, keep, packed)?;
-            all = Some(match (all, one) {
-                (None, one) => one,
-                (Some(FusedOutput::Rgb8(mut a)), FusedOutput::Rgb8(b)) => {
-                    a.extend(b);
-                    FusedOutput::Rgb8(a)
-                }
-                (Some(FusedOutput::Planes(mut a)), FusedOutput::Planes(b)) => {
-                    a.extend(b);
-                    FusedOutput::Planes(a)
-                }
-                _ => return Err("mixed outputs".into()),
-            });
-        }
-        all.ok_or_else(|| "no frames".into())
-    }
+    ) -> Result<FusedOutput, String>;
     /// Whether `run_on_device` takes buffers of burn's CUDA client (those `video::device_frames`
     /// fills from NVDEC).
     fn on_cuda(&self) -> bool;
@@ -228,15 +212,16 @@ mod tests {
     struct Unwritten;
 
     impl Fused for Unwritten {
-        fn run(
+        fn run_frames(
             &self,
             _: &[f32],
+            frames: usize,
             _: usize,
             _: usize,
             keep: Keep,
             _: bool,
         ) -> Result<FusedOutput, String> {
-            Ok(FusedOutput::Planes(vec![0.0; 3 * keep.2 * keep.3]))
+            Ok(FusedOutput::Planes(vec![0.0; frames * 3 * keep.2 * keep.3]))
         }
         fn on_cuda(&self) -> bool {
             false
