@@ -16,6 +16,7 @@
 //! still fill the device. `batched` is comptime: a single picture compiles without the per-frame
 //! offsets, which cost the tensor-core convolution 28% over Vulkan (BENCHMARKS.md, lease Z).
 
+use cubecl::prelude::barrier::{copy_async, copy_async_checked, Barrier};
 use cubecl::prelude::*;
 use half::f16;
 
@@ -189,96 +190,214 @@ pub fn conv3x3_direct<F: Float>(
 pub type Half8 = Vector<f16, Const<8>>;
 type Float4 = Vector<f32, Const<4>>;
 
-/// Tensor-core 3×3 convolution (see the module comment). `cin` and `cout` are multiples of 16;
-/// activations are read and written 16 bytes at a time. Each of the cube's `planes` planes
-/// computes `rows` rows of 32 pixels × every output channel. Weights come in fragment order
-/// (`fragment_weights`): each 16×16 operand is 512 contiguous bytes.
-#[cube(launch_unchecked)]
-pub fn conv3x3_tiles(
-    input: &Array<Half8>,
-    weight: &Array<Half8>,
-    bias: &Array<f32>,
-    slope: &Array<f32>,
-    output: &mut Array<Half8>,
-    height: u32,
-    width: u32,
-    #[comptime] cin: usize,
-    #[comptime] cout: usize,
-    #[comptime] rows: usize,
-    #[comptime] planes: usize,
-    #[comptime] unroll_taps: bool,
-    #[comptime] pad: usize,
-    #[comptime] weights_shared: bool,
-    #[comptime] prelu: bool,
-    #[comptime] batched: bool,
-) {
-    let tile_x = comptime![TILE_X as usize];
-    let tile_y = comptime![planes * rows];
-    let halo_w = comptime![tile_x + 2];
-    let halo_pixels = comptime![(tile_y + 2) * halo_w];
-    // A pixel's channels padded by `pad` halves: with 8 (144 bytes a pixel), the eight 16-byte
-    // rows a tensor-core load reads at once fall in distinct shared memory banks (a 128-byte
-    // stride put them all in the same ones; 16 halves, in two). An operand then starts on a
-    // 16-byte boundary only: what `ldmatrix` and Vulkan's cooperative matrix loads need, tested
-    // on cuda and Vulkan (tests/backends.rs).
-    let stride = comptime![cin + pad];
-    let vectors_in = comptime![cin / 8];
-    let vectors_out = comptime![cout / 8];
-    let pixel_vectors = comptime![stride / 8];
-    let m_frags = comptime![tile_x / 16];
-    let n_frags = comptime![cout / 16];
-    let k_frags = comptime![cin / 16];
-    let units = comptime![32 * planes];
-    let loads = comptime![(halo_pixels * vectors_in).div_ceil(units)];
+/// Where a cube of `conv3x3_tiles` works: its first pixel, its frame, and which unit this is.
+#[derive(CubeType, Clone, Copy)]
+struct TilePlace {
+    x0: i32,
+    y0: i32,
+    frame_start: usize,
+    plane: usize,
+    lane: usize,
+    unit: usize,
+}
 
-    let w = width as usize;
+#[cube]
+fn tile_place(
+    width: u32,
+    height: u32,
+    #[comptime] tile_y: usize,
+    #[comptime] batched: bool,
+) -> TilePlace {
     // Frames of a batch follow each other; each has its own layer of cubes in z.
     let mut frame_start = 0usize;
     if comptime![batched] {
-        frame_start = CUBE_POS_Z as usize * w * height as usize;
+        frame_start = CUBE_POS_Z as usize * width as usize * height as usize;
     }
-    let x0 = (CUBE_POS_X * TILE_X) as i32;
-    let y0 = CUBE_POS_Y as i32 * tile_y as i32;
-    let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
-    let unit = plane * 32 + lane;
+    let lane = UNIT_POS_X as usize;
+    TilePlace {
+        x0: (CUBE_POS_X * TILE_X) as i32,
+        y0: CUBE_POS_Y as i32 * tile_y as i32,
+        frame_start,
+        plane,
+        lane,
+        unit: plane * 32 + lane,
+    }
+}
 
-    let mut halo = SharedMemory::<Half8>::new(comptime![halo_pixels * pixel_vectors]);
-    let mut stage = SharedMemory::<Float4>::new(comptime![planes * 64]);
-    let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
-    // With `weights_shared`, one tap's weights at a time, each 16x16 operand's rows 48 bytes
-    // apart (3 vectors): eight rows then fall in distinct banks, and operands stay 256-byte
-    // aligned. The cube loads them with 16-byte loads instead of each plane reading operands
-    // from global memory.
-    let tap_operands = comptime![k_frags * n_frags];
-    let tap_vectors = comptime![tap_operands * 32];
-    let staged_vectors = comptime![if weights_shared { tap_operands * 48 } else { 1 }];
-    let mut staged = SharedMemory::<Half8>::new(staged_vectors);
-
+/// Copies the cube's input tile and its one-pixel halo into shared memory, zeros outside the
+/// picture. `asynchronous` issues `cp.async` copies (a zero-length source writes zeros) that a
+/// barrier must then wait for; otherwise the units load and store the vectors themselves.
+#[cube]
+fn load_halo(
+    input: &Array<Half8>,
+    halo: &mut SharedMemory<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] cin: usize,
+    #[comptime] pad: usize,
+    #[comptime] tile_y: usize,
+    #[comptime] units: usize,
+    #[comptime] asynchronous: bool,
+) {
+    let halo_w = comptime![TILE_X as usize + 2];
+    let halo_pixels = comptime![(tile_y + 2) * halo_w];
+    let vectors_in = comptime![cin / 8];
+    let pixel_vectors = comptime![(cin + pad) / 8];
+    let loads = comptime![(halo_pixels * vectors_in).div_ceil(units)];
+    let halves = comptime![8u32];
+    let w = width as usize;
     #[unroll]
     for load in 0..loads {
-        let i = load * units + unit;
+        let i = load * units + place.unit;
         if i < halo_pixels * vectors_in {
             let c = i % vectors_in;
             let pixel = i / vectors_in;
-            let sx = x0 + (pixel % halo_w) as i32 - 1;
-            let sy = y0 + (pixel / halo_w) as i32 - 1;
-            let mut v = Half8::new(f16::new(0.0));
-            if sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32 {
-                v = input[(frame_start + sy as usize * w + sx as usize) * vectors_in + c];
+            let sx = place.x0 + (pixel % halo_w) as i32 - 1;
+            let sy = place.y0 + (pixel / halo_w) as i32 - 1;
+            let inside = sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32;
+            let to = pixel * pixel_vectors + c;
+            let mut from = 0usize;
+            if inside {
+                from = (place.frame_start + sy as usize * w + sx as usize) * vectors_in + c;
             }
-            halo[pixel * pixel_vectors + c] = v;
+            if comptime![asynchronous] {
+                let len = usize::cast_from(inside);
+                copy_async_checked(
+                    &input.slice(from, from + len),
+                    &mut halo.slice_mut(to, to + 1),
+                    halves,
+                );
+            } else {
+                let mut v = Half8::new(f16::new(0.0));
+                if inside {
+                    v = input[from];
+                }
+                halo[to] = v;
+            }
         }
     }
-    if unit < cout {
-        epilogue[unit] = bias[unit];
-        epilogue[cout + unit] = slope[unit];
-    }
-    sync_cube();
+}
 
+/// Copies one tap's weights (16×16 operands of 32 vectors each, in fragment order) into shared
+/// memory from `start`, laid out as `operand_vector` says.
+#[cube]
+fn stage_weights(
+    weight: &Array<Half8>,
+    staged: &mut SharedMemory<Half8>,
+    tap: usize,
+    start: usize,
+    unit: usize,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] weight_row: usize,
+    #[comptime] units: usize,
+    #[comptime] asynchronous: bool,
+) {
+    let n_frags = comptime![cout / 16];
+    let tap_vectors = comptime![cin / 16 * n_frags * 32];
+    let row_vectors = comptime![weight_row / 8];
+    let halves = comptime![8u32];
+    #[unroll]
+    for load in 0..comptime![tap_vectors.div_ceil(units)] {
+        let v = load * units + unit;
+        if v < tap_vectors {
+            let within = v % 32;
+            let operand = v / 32;
+            let first = operand_vector(operand / n_frags, operand % n_frags, cout, weight_row);
+            let to = start + first + (within / 2) * row_vectors + within % 2;
+            let from = tap * tap_vectors + v;
+            if comptime![asynchronous] {
+                copy_async(
+                    &weight.slice(from, from + 1),
+                    &mut staged.slice_mut(to, to + 1),
+                    halves,
+                );
+            } else {
+                staged[to] = weight[from];
+            }
+        }
+    }
+}
+
+#[cube]
+fn f16_operand(#[comptime] ident: cmma::MatrixIdent) -> cmma::Matrix<f16> {
+    unsafe {
+        cmma::Matrix::<f16>::uninitialized(
+            ident,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::RowMajor,
+        )
+    }
+}
+
+/// Adds tap (`dy`, `dx`) to the plane's accumulators: its 16-pixel operands are the halo read
+/// from a shifted start; `weights` holds the tap's operands, `weight_row` halves a row.
+#[cube]
+fn multiply_tap(
+    halo: &SharedMemory<Half8>,
+    weights: &Slice<Half8>,
+    acc: &Sequence<cmma::Matrix<f32>>,
+    plane: usize,
+    dy: usize,
+    dx: usize,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] pad: usize,
+    #[comptime] rows: usize,
+    #[comptime] weight_row: usize,
+) {
+    let stride = comptime![cin + pad];
+    let pixel_vectors = comptime![stride / 8];
+    let halo_w = comptime![TILE_X as usize + 2];
+    let m_frags = comptime![TILE_X as usize / 16];
+    let n_frags = comptime![cout / 16];
+    let k_frags = comptime![cin / 16];
+    let row_vectors = comptime![weight_row / 8];
+    #[unroll]
+    for kf in 0..k_frags {
+        let mut a = Sequence::<cmma::Matrix<f16>>::new();
+        #[unroll]
+        for r in 0..rows {
+            #[unroll]
+            for mf in 0..m_frags {
+                let row = plane * rows + r;
+                let start = ((row + dy) * halo_w + mf * 16 + dx) * pixel_vectors + kf * 2;
+                let operand = f16_operand(cmma::MatrixIdent::A);
+                cmma::load(
+                    &operand,
+                    &halo.slice(start, start + 16 * pixel_vectors),
+                    stride as u32,
+                );
+                a.push(operand);
+            }
+        }
+        #[unroll]
+        for nf in 0..n_frags {
+            let at = operand_vector(kf, nf, cout, weight_row);
+            let b = f16_operand(cmma::MatrixIdent::B);
+            cmma::load(
+                &b,
+                &weights.slice(at, at + 15 * row_vectors + 2),
+                weight_row as u32,
+            );
+            #[unroll]
+            for m in 0..rows * m_frags {
+                let c = acc.index(m * n_frags + nf);
+                cmma::execute::<f16, f16, f32, f32>(a.index(m), &b, c, c);
+            }
+        }
+    }
+}
+
+#[cube]
+fn zero_accumulators(#[comptime] count: usize) -> Sequence<cmma::Matrix<f32>> {
     let mut acc = Sequence::<cmma::Matrix<f32>>::new();
     #[unroll]
-    for _ in 0..rows * m_frags * n_frags {
+    for _ in 0..count {
         acc.push(cmma::Matrix::<f32>::from_value(
             cmma::MatrixIdent::Accumulator,
             16usize,
@@ -288,89 +407,52 @@ pub fn conv3x3_tiles(
             0.0,
         ));
     }
+    acc
+}
 
-    #[unroll(unroll_taps)]
-    for tap in 0..9usize {
-        let dy = tap / 3;
-        let dx = tap % 3;
-        if comptime![weights_shared] {
-            // Every plane is done with the previous tap's operands.
-            sync_cube();
-            #[unroll]
-            for load in 0..comptime![tap_vectors.div_ceil(units)] {
-                let v = load * units + unit;
-                if v < tap_vectors {
-                    let within = v % 32;
-                    staged[(v / 32) * 48 + (within / 2) * 3 + within % 2] =
-                        weight[tap * tap_vectors + v];
-                }
-            }
-            sync_cube();
-        }
-        #[unroll]
-        for kf in 0..k_frags {
-            let mut a = Sequence::<cmma::Matrix<f16>>::new();
-            #[unroll]
-            for r in 0..rows {
-                #[unroll]
-                for mf in 0..m_frags {
-                    let row = plane * rows + r;
-                    let start = ((row + dy) * halo_w + mf * 16 + dx) * pixel_vectors + kf * 2;
-                    let operand = unsafe {
-                        cmma::Matrix::<f16>::uninitialized(
-                            cmma::MatrixIdent::A,
-                            16usize,
-                            16usize,
-                            16usize,
-                            cmma::MatrixLayout::RowMajor,
-                        )
-                    };
-                    cmma::load(
-                        &operand,
-                        &halo.slice(start, start + 16 * pixel_vectors),
-                        stride as u32,
-                    );
-                    a.push(operand);
-                }
-            }
-            #[unroll]
-            for nf in 0..n_frags {
-                let op = kf * n_frags + nf;
-                let b = unsafe {
-                    cmma::Matrix::<f16>::uninitialized(
-                        cmma::MatrixIdent::B,
-                        16usize,
-                        16usize,
-                        16usize,
-                        cmma::MatrixLayout::RowMajor,
-                    )
-                };
-                if comptime![weights_shared] {
-                    cmma::load(&b, &staged.slice(op * 48, op * 48 + 48), 24);
-                } else {
-                    let start = (tap * tap_operands + op) * 32;
-                    cmma::load(&b, &weight.slice(start, start + 32), 16);
-                }
-                #[unroll]
-                for m in 0..rows * m_frags {
-                    let c = acc.index(m * n_frags + nf);
-                    cmma::execute::<f16, f16, f32, f32>(a.index(m), &b, c, c);
-                }
-            }
-        }
+/// Bias and PReLU slopes, staged once per cube for the epilogue.
+#[cube]
+fn load_epilogue(
+    bias: &Array<f32>,
+    slope: &Array<f32>,
+    epilogue: &mut SharedMemory<f32>,
+    unit: usize,
+    #[comptime] cout: usize,
+) {
+    if unit < cout {
+        epilogue[unit] = bias[unit];
+        epilogue[cout + unit] = slope[unit];
     }
+}
 
-    // Each fragment goes through the plane's 16 × 16 f32 stage; a lane then finishes 8 channels
-    // of one pixel and writes them as one 16-byte store.
-    let stage_start = plane * 64;
-    let px = lane / 2;
-    let half = lane % 2;
+/// Each fragment goes through the plane's 16 × 16 f32 stage; a lane then finishes 8 channels
+/// of one pixel (bias, PReLU, f16) and writes them as one 16-byte store.
+#[cube]
+fn store_tile(
+    acc: &Sequence<cmma::Matrix<f32>>,
+    stage: &mut SharedMemory<Float4>,
+    epilogue: &SharedMemory<f32>,
+    output: &mut Array<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] cout: usize,
+    #[comptime] rows: usize,
+    #[comptime] prelu: bool,
+) {
+    let m_frags = comptime![TILE_X as usize / 16];
+    let n_frags = comptime![cout / 16];
+    let vectors_out = comptime![cout / 8];
+    let w = width as usize;
+    let stage_start = place.plane * 64;
+    let px = place.lane / 2;
+    let half = place.lane % 2;
     #[unroll]
     for r in 0..rows {
-        let y = y0 as usize + plane * rows + r;
+        let y = place.y0 as usize + place.plane * rows + r;
         #[unroll]
         for mf in 0..m_frags {
-            let x = x0 as usize + mf * 16 + px;
+            let x = place.x0 as usize + mf * 16 + px;
             #[unroll]
             for nf in 0..n_frags {
                 cmma::store(
@@ -394,7 +476,7 @@ pub fn conv3x3_tiles(
                                 f16::cast_from(prelu_if(v, epilogue[cout + ch], prelu));
                         }
                     }
-                    output[(frame_start + y * w + x) * vectors_out + nf * 2 + half] = out;
+                    output[(place.frame_start + y * w + x) * vectors_out + nf * 2 + half] = out;
                 }
                 sync_plane();
             }
@@ -402,10 +484,256 @@ pub fn conv3x3_tiles(
     }
 }
 
+/// Tensor-core 3×3 convolution (see the module comment). `cin` and `cout` are multiples of 16;
+/// activations are read and written 16 bytes at a time. Each of the cube's `planes` planes
+/// computes `rows` rows of 32 pixels × every output channel. Weights come in fragment order
+/// (`fragment_weights`): each 16×16 operand is 512 contiguous bytes. With `weights_shared`, the
+/// whole cube stages each tap's weights in shared memory between two barriers; otherwise each
+/// plane reads its operands from global memory.
+#[cube(launch_unchecked)]
+pub fn conv3x3_tiles(
+    input: &Array<Half8>,
+    weight: &Array<Half8>,
+    bias: &Array<f32>,
+    slope: &Array<f32>,
+    output: &mut Array<Half8>,
+    height: u32,
+    width: u32,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] rows: usize,
+    #[comptime] planes: usize,
+    #[comptime] unroll_taps: bool,
+    #[comptime] pad: usize,
+    #[comptime] weights_shared: bool,
+    #[comptime] weight_row: usize,
+    #[comptime] prelu: bool,
+    #[comptime] batched: bool,
+) {
+    let tile_y = comptime![planes * rows];
+    let units = comptime![32 * planes];
+    let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
+    let place = tile_place(width, height, tile_y, batched);
+
+    let mut halo = SharedMemory::<Half8>::new(comptime![halo_vectors(tile_y, cin, pad)]);
+    let mut stage = SharedMemory::<Float4>::new(comptime![planes * 64]);
+    let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
+    let staged_vectors = comptime![if weights_shared {
+        staged_halves(cin, cout, weight_row) / 8
+    } else {
+        1
+    }];
+    let mut staged = SharedMemory::<Half8>::new(staged_vectors);
+
+    load_halo(
+        input, &mut halo, place, width, height, cin, pad, tile_y, units, false,
+    );
+    load_epilogue(bias, slope, &mut epilogue, place.unit, cout);
+    sync_cube();
+    let acc = zero_accumulators(comptime![rows * TILE_X as usize / 16 * cout / 16]);
+
+    #[unroll(unroll_taps)]
+    for tap in 0..9usize {
+        if comptime![weights_shared] {
+            // Every plane is done with the previous tap's operands.
+            sync_cube();
+            stage_weights(
+                weight,
+                &mut staged,
+                tap,
+                0usize,
+                place.unit,
+                cin,
+                cout,
+                weight_row,
+                units,
+                false,
+            );
+            sync_cube();
+            multiply_tap(
+                &halo,
+                &staged.to_slice(),
+                &acc,
+                place.plane,
+                tap / 3,
+                tap % 3,
+                cin,
+                cout,
+                pad,
+                rows,
+                weight_row,
+            );
+        } else {
+            let start = tap * tap_vectors;
+            multiply_tap(
+                &halo,
+                &weight.slice(start, start + tap_vectors),
+                &acc,
+                place.plane,
+                tap / 3,
+                tap % 3,
+                cin,
+                cout,
+                pad,
+                rows,
+                16usize,
+            );
+        }
+    }
+    store_tile(
+        &acc, &mut stage, &epilogue, output, place, width, height, cout, rows, prelu,
+    );
+}
+
+/// `conv3x3_tiles` with asynchronous copies (CUDA's `cp.async`, sm_80 and later): the halo and
+/// the first tap's weights are copied together, then each tap's weights are copied into one of
+/// two buffers while the planes multiply the previous tap from the other. One barrier per tap.
+#[cube(launch_unchecked)]
+pub fn conv3x3_tiles_async(
+    input: &Array<Half8>,
+    weight: &Array<Half8>,
+    bias: &Array<f32>,
+    slope: &Array<f32>,
+    output: &mut Array<Half8>,
+    height: u32,
+    width: u32,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] rows: usize,
+    #[comptime] planes: usize,
+    #[comptime] unroll_taps: bool,
+    #[comptime] pad: usize,
+    #[comptime] weight_row: usize,
+    #[comptime] prelu: bool,
+    #[comptime] batched: bool,
+) {
+    let tile_y = comptime![planes * rows];
+    let units = comptime![32 * planes];
+    let buffer = comptime![staged_halves(cin, cout, weight_row) / 8];
+    let place = tile_place(width, height, tile_y, batched);
+
+    let mut halo = SharedMemory::<Half8>::new(comptime![halo_vectors(tile_y, cin, pad)]);
+    let mut stage = SharedMemory::<Float4>::new(comptime![planes * 64]);
+    let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
+    let mut staged = SharedMemory::<Half8>::new(comptime![2 * buffer]);
+    // `ready[b]` completes a phase when every unit's copies into buffer b have landed and every
+    // unit has arrived, that is, has finished multiplying the tap before.
+    let ready_even = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let ready_odd = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    sync_cube();
+
+    load_halo(
+        input, &mut halo, place, width, height, cin, pad, tile_y, units, true,
+    );
+    stage_weights(
+        weight,
+        &mut staged,
+        0usize,
+        0usize,
+        place.unit,
+        cin,
+        cout,
+        weight_row,
+        units,
+        true,
+    );
+    ready_even.commit_copy_async();
+    load_epilogue(bias, slope, &mut epilogue, place.unit, cout);
+    let acc = zero_accumulators(comptime![rows * TILE_X as usize / 16 * cout / 16]);
+
+    #[unroll(unroll_taps)]
+    for tap in 0..9usize {
+        let current = tap % 2;
+        if current == 0 {
+            ready_even.arrive_and_wait();
+        } else {
+            ready_odd.arrive_and_wait();
+        }
+        // Every unit has finished the previous tap, so its buffer is free for the next one.
+        if tap < 8 {
+            stage_weights(
+                weight,
+                &mut staged,
+                tap + 1,
+                (1 - current) * buffer,
+                place.unit,
+                cin,
+                cout,
+                weight_row,
+                units,
+                true,
+            );
+            if current == 0 {
+                ready_odd.commit_copy_async();
+            } else {
+                ready_even.commit_copy_async();
+            }
+        }
+        let start = current * buffer;
+        multiply_tap(
+            &halo,
+            &staged.slice(start, start + buffer),
+            &acc,
+            place.plane,
+            tap / 3,
+            tap % 3,
+            cin,
+            cout,
+            pad,
+            rows,
+            weight_row,
+        );
+    }
+    store_tile(
+        &acc, &mut stage, &epilogue, output, place, width, height, cout, rows, prelu,
+    );
+}
+
+/// Where a tap's staged weights put operand (`kf`, `nf`) (its first 16-byte vector), its rows
+/// `weight_row` halves apart. Below `cout`, each operand has rows of its own (16: packed, rows
+/// four apart share banks; 24: eight rows in distinct banks, a third of the bytes padding); from
+/// `cout` on, the tap is one `cin` × `cout` matrix whose rows are padded to `weight_row` (with
+/// `cout` + 8, eight rows in distinct banks for an eighth of the bytes).
+#[cube]
+fn operand_vector(
+    kf: usize,
+    nf: usize,
+    #[comptime] cout: usize,
+    #[comptime] weight_row: usize,
+) -> usize {
+    let row_vectors = comptime![weight_row / 8];
+    if comptime![weight_row >= cout] {
+        kf * 16 * row_vectors + nf * 2
+    } else {
+        (kf * (cout / 16) + nf) * 16 * row_vectors
+    }
+}
+
+/// Halves one tap's staged weights take (see `operand_vector`).
+pub fn staged_halves(cin: usize, cout: usize, weight_row: usize) -> usize {
+    if weight_row >= cout {
+        cin * weight_row
+    } else {
+        cin / 16 * cout / 16 * 16 * weight_row
+    }
+}
+
+/// 16-byte vectors of a cube's input tile and halo: `tile_y` + 2 rows of 34 pixels, each
+/// pixel's channels padded by `pad` halves. With 8 (144 bytes a pixel), the eight 16-byte rows
+/// a tensor-core load reads at once fall in distinct shared memory banks (a 128-byte stride put
+/// them all in the same ones; 16 halves, in two). An operand then starts on a 16-byte boundary
+/// only: what `ldmatrix` and Vulkan's cooperative matrix loads need, tested on cuda and Vulkan
+/// (tests/backends.rs).
+fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
+    (tile_y + 2) * (TILE_X as usize + 2) * (cin + pad) / 8
+}
+
 /// How `conv3x3_tiles` divides the picture: each cube has `planes` planes of 32 units, each
 /// plane computes `rows` rows of 32 pixels; `unroll_taps` unrolls the loop over the 9 taps. A
-/// pixel's channels are `pad` halves apart beyond `cin` in shared memory; `weights_shared` stages
-/// each tap's weights in shared memory instead of reading them from global memory per plane.
+/// pixel's channels are `pad` halves apart beyond `cin` in shared memory. `weights_shared`
+/// stages each tap's weights in shared memory instead of reading them from global memory per
+/// plane, laid out as `weights` says. `asynchronous` runs `conv3x3_tiles_async` (which always
+/// stages weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     pub rows: usize,
@@ -413,16 +741,58 @@ pub struct TileShape {
     pub unroll_taps: bool,
     pub pad: usize,
     pub weights_shared: bool,
+    pub weights: WeightLayout,
+    pub asynchronous: bool,
+}
+
+/// How a tap's weights lie in shared memory (`operand_vector`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightLayout {
+    /// Each 16×16 operand on its own, rows 32 bytes apart.
+    Packed,
+    /// Each operand on its own, rows 48 bytes apart.
+    Padded,
+    /// One matrix, rows `cout` + 8 halves apart.
+    Matrix,
+}
+
+impl WeightLayout {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "packed" => Some(Self::Packed),
+            "padded" => Some(Self::Padded),
+            "matrix" => Some(Self::Matrix),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Packed => "packed",
+            Self::Padded => "padded",
+            Self::Matrix => "matrix",
+        }
+    }
 }
 
 impl TileShape {
+    /// Halves between a staged operand's rows, as the kernels take it.
+    pub fn weight_row(&self, cout: usize) -> usize {
+        match self.weights {
+            WeightLayout::Packed => 16,
+            WeightLayout::Padded => 24,
+            WeightLayout::Matrix => cout + 8,
+        }
+    }
+
     /// Shared memory one cube uses for `cin` input channels and `cout` outputs.
     pub fn shared_bytes(&self, cin: usize, cout: usize) -> usize {
-        let halo = (self.planes * self.rows + 2) * (TILE_X as usize + 2) * (cin + self.pad) * 2;
-        let staged = if self.weights_shared {
-            cin / 16 * cout / 16 * 768
-        } else {
-            16
+        let halo = halo_vectors(self.planes * self.rows, cin, self.pad) * 16;
+        let buffer = staged_halves(cin, cout, self.weight_row(cout)) * 2;
+        let staged = match (self.asynchronous, self.weights_shared) {
+            (true, _) => 2 * buffer + 16,
+            (false, true) => buffer,
+            (false, false) => 16,
         };
         halo + self.planes * 1024 + 2 * cout * 4 + staged
     }

@@ -8,7 +8,7 @@ use cubecl::{calculate_cube_count_elemwise, CubeElement};
 use half::f16;
 use std::time::{Duration, Instant};
 
-use super::conv::{self, TileShape, TILE_X};
+use super::conv::{self, TileShape, WeightLayout, TILE_X};
 use super::picture;
 use super::srvgg::Srvgg;
 use super::{Fused, FusedOutput, Keep};
@@ -54,16 +54,21 @@ pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
         && hardware.plane_size_max >= 32
 }
 
-/// `conv3x3_tiles`' tile shapes measured best on an H200 (BENCHMARKS.md, "Tile shapes" and
-/// "Weights staged in shared memory"): 2 rows x 4 planes through CUDA, 1 row x 4 planes through
-/// wgpu (over Vulkan, whose 48 KiB of shared memory holds no more), both with each tap's weights
-/// staged in shared memory and a pixel's channels padded by 8 halves.
+/// `conv3x3_tiles`' tile shapes measured best on an H200 (BENCHMARKS.md, "Tile shapes",
+/// "Weights staged in shared memory" and "Asynchronous weight copies"): through CUDA, 2 rows x 4
+/// planes with `cp.async` copies of each tap's weights into one of two buffers of packed
+/// operands, the taps unrolled (each tap's buffer and barrier then known at compile time);
+/// through wgpu (over Vulkan, whose 48 KiB of shared memory holds no more, and which
+/// has no asynchronous copies), 1 row x 4 planes, each tap's weights staged between two barriers
+/// as padded operands. Both pad a pixel's channels by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
-    unroll_taps: false,
+    unroll_taps: true,
     pad: 8,
     weights_shared: true,
+    weights: WeightLayout::Packed,
+    asynchronous: true,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
@@ -71,12 +76,16 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     unroll_taps: false,
     pad: 8,
     weights_shared: true,
+    weights: WeightLayout::Padded,
+    asynchronous: false,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
 /// memory (Vulkan often allows 48 KiB), else the largest smaller one. `UPFRAME_CONV_ROWS`,
 /// `UPFRAME_CONV_PLANES`, `UPFRAME_CONV_UNROLL` (0 or 1), `UPFRAME_CONV_PAD` (halves) and
-/// `UPFRAME_CONV_WEIGHTS_SHARED` (0 or 1) override it for measurements.
+/// `UPFRAME_CONV_WEIGHTS_SHARED` (0 or 1), `UPFRAME_CONV_WEIGHTS` (packed, padded or matrix) and
+/// `UPFRAME_CONV_ASYNC` (0 or 1; only where the device has asynchronous copies) override it for
+/// measurements.
 fn tile_shape<R: Runtime>(
     client: &ComputeClient<R>,
     preferred: TileShape,
@@ -98,6 +107,12 @@ fn tile_shape<R: Runtime>(
             "UPFRAME_CONV_WEIGHTS_SHARED",
             preferred.weights_shared as usize,
         ) != 0,
+        weights: std::env::var("UPFRAME_CONV_WEIGHTS")
+            .ok()
+            .and_then(|v| WeightLayout::parse(&v))
+            .unwrap_or(preferred.weights),
+        asynchronous: knob("UPFRAME_CONV_ASYNC", preferred.asynchronous as usize) != 0
+            && client.properties().features.copy_async,
     };
     let limit = client.properties().hardware.max_shared_memory_size;
     let fits = |shape: &TileShape| shape.shared_bytes(cin, cout) <= limit;
@@ -277,33 +292,70 @@ impl<R: Runtime> Engine<R> {
                 let shape = self.shape;
                 let rows_per_cube = (shape.planes * shape.rows) as u32;
                 let count = CubeCount::Static(w.div_ceil(TILE_X), h.div_ceil(rows_per_cube), n);
+                let dim = CubeDim::new_2d(32, shape.planes as u32);
                 // Safety: 16-byte vectors, 8 halves each; channel counts are multiples of 16.
-                unsafe {
-                    conv::conv3x3_tiles::launch_unchecked::<R>(
-                        client,
-                        count,
-                        CubeDim::new_2d(32, shape.planes as u32),
+                let (input, weight, output) = unsafe {
+                    (
                         ArrayArg::from_raw_parts(x.clone(), pixels * layer.cin / 8),
                         ArrayArg::from_raw_parts(
                             layer.weight.clone(),
                             9 * layer.cin * layer.cout / 8,
                         ),
-                        params.1,
-                        params.2,
                         ArrayArg::from_raw_parts(y.clone(), pixels * layer.cout / 8),
-                        h,
-                        w,
-                        layer.cin,
-                        layer.cout,
-                        shape.rows,
-                        shape.planes,
-                        shape.unroll_taps,
-                        shape.pad,
-                        shape.weights_shared,
-                        layer.prelu,
-                        frames > 1,
                     )
                 };
+                let (bias, slope) = (params.1, params.2);
+                let (cin, cout, batched) = (layer.cin, layer.cout, frames > 1);
+                if shape.asynchronous {
+                    unsafe {
+                        conv::conv3x3_tiles_async::launch_unchecked::<R>(
+                            client,
+                            count,
+                            dim,
+                            input,
+                            weight,
+                            bias,
+                            slope,
+                            output,
+                            h,
+                            w,
+                            cin,
+                            cout,
+                            shape.rows,
+                            shape.planes,
+                            shape.unroll_taps,
+                            shape.pad,
+                            shape.weight_row(cout),
+                            layer.prelu,
+                            batched,
+                        )
+                    };
+                } else {
+                    unsafe {
+                        conv::conv3x3_tiles::launch_unchecked::<R>(
+                            client,
+                            count,
+                            dim,
+                            input,
+                            weight,
+                            bias,
+                            slope,
+                            output,
+                            h,
+                            w,
+                            cin,
+                            cout,
+                            shape.rows,
+                            shape.planes,
+                            shape.unroll_taps,
+                            shape.pad,
+                            shape.weights_shared,
+                            shape.weight_row(cout),
+                            layer.prelu,
+                            batched,
+                        )
+                    };
+                }
             } else {
                 let group = [8, 4, 3, 2, 1]
                     .into_iter()
@@ -430,11 +482,25 @@ impl<R: Runtime> Fused for Engine<R> {
         if self.tensor_cores {
             let (s, p) = (self.shape, self.preferred);
             let mut variants = String::new();
-            if s.unroll_taps {
-                variants += ", taps unrolled";
+            if s.unroll_taps != p.unroll_taps {
+                variants += if s.unroll_taps {
+                    ", taps unrolled"
+                } else {
+                    ", taps in a loop"
+                };
             }
             if s.pad != p.pad {
                 variants += &format!(", channels padded by {}", s.pad);
+            }
+            if s.asynchronous != p.asynchronous {
+                variants += if s.asynchronous {
+                    ", weights copied asynchronously"
+                } else {
+                    ", weights copied between barriers"
+                };
+            }
+            if s.weights != p.weights {
+                variants += &format!(", weights {}", s.weights.name());
             }
             if s.weights_shared != p.weights_shared {
                 variants += if s.weights_shared {
