@@ -9,6 +9,8 @@
 //!   16-pixel × 16-channel operand for tap (dy, dx) is that tile read from a shifted start, so no
 //!   im2col buffer exists. Each tap's weights are staged in shared memory by the whole cube, so
 //!   that its planes share one coalesced read of them.
+//! - `conv3x3_tiles_async`: the same on CUDA from sm_80, with asynchronous copies (`cp.async`):
+//!   the next tap's weights land in a second buffer while this tap multiplies.
 //! - `conv3x3_direct`: the same convolution for devices without cooperative matrices.
 //! - `tail`: pixel shuffle + nearest-neighbour base + clamp, into 8-bit RGB0 or f32 planes.
 //!
