@@ -323,6 +323,57 @@ fn stage_weights(
     }
 }
 
+/// The next tap's weights, fetched from global memory into registers: this unit's share of
+/// `stage_weights`, issued before a tap's multiplies so that their latency hides behind them.
+#[cube]
+fn fetch_weights(
+    weight: &Array<Half8>,
+    tap: usize,
+    unit: usize,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] units: usize,
+) -> Sequence<Half8> {
+    let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
+    let mut fetched = Sequence::<Half8>::new();
+    #[unroll]
+    for load in 0..comptime![tap_vectors.div_ceil(units)] {
+        let v = load * units + unit;
+        let mut value = Half8::new(f16::new(0.0));
+        if v < tap_vectors {
+            value = weight[tap * tap_vectors + v];
+        }
+        fetched.push(value);
+    }
+    fetched
+}
+
+/// Stores what `fetch_weights` fetched where `stage_weights` would have put it.
+#[cube]
+fn put_weights(
+    fetched: &Sequence<Half8>,
+    staged: &mut SharedMemory<Half8>,
+    unit: usize,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] weight_row: usize,
+    #[comptime] units: usize,
+) {
+    let n_frags = comptime![cout / 16];
+    let tap_vectors = comptime![cin / 16 * n_frags * 32];
+    let row_vectors = comptime![weight_row / 8];
+    #[unroll]
+    for load in 0..comptime![tap_vectors.div_ceil(units)] {
+        let v = load * units + unit;
+        if v < tap_vectors {
+            let within = v % 32;
+            let operand = v / 32;
+            let first = operand_vector(operand / n_frags, operand % n_frags, cout, weight_row);
+            staged[first + (within / 2) * row_vectors + within % 2] = *fetched.index(load);
+        }
+    }
+}
+
 #[cube]
 fn f16_operand(#[comptime] ident: cmma::MatrixIdent) -> cmma::Matrix<f16> {
     unsafe {
@@ -509,6 +560,7 @@ pub fn conv3x3_tiles(
     #[comptime] pad: usize,
     #[comptime] weights_shared: bool,
     #[comptime] weight_row: usize,
+    #[comptime] prefetch: bool,
     #[comptime] prelu: bool,
     #[comptime] batched: bool,
 ) {
@@ -531,12 +583,63 @@ pub fn conv3x3_tiles(
         input, &mut halo, place, width, height, cin, pad, tile_y, units, false,
     );
     load_epilogue(bias, slope, &mut epilogue, place.unit, cout);
+    if comptime![weights_shared && prefetch] {
+        stage_weights(
+            weight,
+            &mut staged,
+            0usize,
+            0usize,
+            place.unit,
+            cin,
+            cout,
+            weight_row,
+            units,
+            false,
+        );
+    }
     sync_cube();
     let acc = zero_accumulators(comptime![rows * TILE_X as usize / 16 * cout / 16]);
 
     #[unroll(unroll_taps)]
     for tap in 0..9usize {
-        if comptime![weights_shared] {
+        if comptime![weights_shared && prefetch] {
+            // The next tap's weights travel into registers while this tap multiplies (the
+            // last tap fetches its own again, which costs one read and keeps the loop simple).
+            let fetched = fetch_weights(
+                weight,
+                tap + usize::cast_from(tap < 8),
+                place.unit,
+                cin,
+                cout,
+                units,
+            );
+            multiply_tap(
+                &halo,
+                &staged.to_slice(),
+                &acc,
+                place.plane,
+                tap / 3,
+                tap % 3,
+                cin,
+                cout,
+                pad,
+                rows,
+                weight_row,
+            );
+            if tap < 8 {
+                sync_cube();
+                put_weights(
+                    &fetched,
+                    &mut staged,
+                    place.unit,
+                    cin,
+                    cout,
+                    weight_row,
+                    units,
+                );
+                sync_cube();
+            }
+        } else if comptime![weights_shared] {
             // Every plane is done with the previous tap's operands.
             sync_cube();
             stage_weights(
@@ -734,8 +837,9 @@ fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
 /// plane computes `rows` rows of 32 pixels; `unroll_taps` unrolls the loop over the 9 taps. A
 /// pixel's channels are `pad` halves apart beyond `cin` in shared memory. `weights_shared`
 /// stages each tap's weights in shared memory instead of reading them from global memory per
-/// plane, laid out as `weights` says. `asynchronous` runs `conv3x3_tiles_async` (which always
-/// stages weights).
+/// plane, laid out as `weights` says; with `prefetch`, each unit fetches its share of the next
+/// tap's weights into registers before this tap's multiplies. `asynchronous` runs
+/// `conv3x3_tiles_async` (which always stages weights, through `cp.async`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     pub rows: usize,
@@ -744,6 +848,7 @@ pub struct TileShape {
     pub pad: usize,
     pub weights_shared: bool,
     pub weights: WeightLayout,
+    pub prefetch: bool,
     pub asynchronous: bool,
 }
 

@@ -60,7 +60,8 @@ pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
 /// operands, the taps unrolled (each tap's buffer and barrier then known at compile time);
 /// through wgpu (over Vulkan, whose 48 KiB of shared memory holds no more, and which
 /// has no asynchronous copies), 1 row x 4 planes, each tap's weights staged between two barriers
-/// as padded operands. Both pad a pixel's channels by 8 halves.
+/// as padded operands, each unit fetching its share of the next tap's weights into registers
+/// before this tap's multiplies. Both pad a pixel's channels by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
@@ -68,6 +69,7 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     pad: 8,
     weights_shared: true,
     weights: WeightLayout::Packed,
+    prefetch: false,
     asynchronous: true,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
@@ -77,13 +79,15 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     pad: 8,
     weights_shared: true,
     weights: WeightLayout::Padded,
+    prefetch: true,
     asynchronous: false,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
 /// memory (Vulkan often allows 48 KiB), else the largest smaller one. `UPFRAME_CONV_ROWS`,
 /// `UPFRAME_CONV_PLANES`, `UPFRAME_CONV_UNROLL` (0 or 1), `UPFRAME_CONV_PAD` (halves) and
-/// `UPFRAME_CONV_WEIGHTS_SHARED` (0 or 1), `UPFRAME_CONV_WEIGHTS` (packed, padded or matrix) and
+/// `UPFRAME_CONV_WEIGHTS_SHARED` (0 or 1), `UPFRAME_CONV_WEIGHTS` (packed, padded or matrix),
+/// `UPFRAME_CONV_PREFETCH` (0 or 1) and
 /// `UPFRAME_CONV_ASYNC` (0 or 1; only where the device has asynchronous copies) override it for
 /// measurements.
 fn tile_shape<R: Runtime>(
@@ -111,6 +115,7 @@ fn tile_shape<R: Runtime>(
             .ok()
             .and_then(|v| WeightLayout::parse(&v))
             .unwrap_or(preferred.weights),
+        prefetch: knob("UPFRAME_CONV_PREFETCH", preferred.prefetch as usize) != 0,
         asynchronous: knob("UPFRAME_CONV_ASYNC", preferred.asynchronous as usize) != 0
             && client.properties().features.copy_async,
     };
@@ -351,6 +356,7 @@ impl<R: Runtime> Engine<R> {
                             shape.pad,
                             shape.weights_shared,
                             shape.weight_row(cout),
+                            shape.prefetch,
                             layer.prelu,
                             batched,
                         )
@@ -497,6 +503,13 @@ impl<R: Runtime> Fused for Engine<R> {
                     ", weights copied asynchronously"
                 } else {
                     ", weights copied between barriers"
+                };
+            }
+            if s.prefetch != p.prefetch && !s.asynchronous {
+                variants += if s.prefetch {
+                    ", next tap's weights prefetched"
+                } else {
+                    ", weights not prefetched"
                 };
             }
             if s.weights != p.weights {
