@@ -297,18 +297,13 @@ fn stage_weights(
     #[comptime] units: usize,
     #[comptime] asynchronous: bool,
 ) {
-    let n_frags = comptime![cout / 16];
-    let tap_vectors = comptime![cin / 16 * n_frags * 32];
-    let row_vectors = comptime![weight_row / 8];
+    let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
     let halves = comptime![8u32];
     #[unroll]
     for load in 0..comptime![tap_vectors.div_ceil(units)] {
         let v = load * units + unit;
         if v < tap_vectors {
-            let within = v % 32;
-            let operand = v / 32;
-            let first = operand_vector(operand / n_frags, operand % n_frags, cout, weight_row);
-            let to = start + first + (within / 2) * row_vectors + within % 2;
+            let to = start + staged_vector(v, cout, weight_row);
             let from = tap * tap_vectors + v;
             if comptime![asynchronous] {
                 copy_async(
@@ -359,17 +354,12 @@ fn put_weights(
     #[comptime] weight_row: usize,
     #[comptime] units: usize,
 ) {
-    let n_frags = comptime![cout / 16];
-    let tap_vectors = comptime![cin / 16 * n_frags * 32];
-    let row_vectors = comptime![weight_row / 8];
+    let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
     #[unroll]
     for load in 0..comptime![tap_vectors.div_ceil(units)] {
         let v = load * units + unit;
         if v < tap_vectors {
-            let within = v % 32;
-            let operand = v / 32;
-            let first = operand_vector(operand / n_frags, operand % n_frags, cout, weight_row);
-            staged[first + (within / 2) * row_vectors + within % 2] = *fetched.index(load);
+            staged[staged_vector(v, cout, weight_row)] = *fetched.index(load);
         }
     }
 }
@@ -812,6 +802,19 @@ fn operand_vector(
     } else {
         (kf * (cout / 16) + nf) * 16 * row_vectors
     }
+}
+
+/// Where vector `v` of a tap's weights in fragment order (operand `v / 32`, row `v % 32 / 2`,
+/// half `v % 2`) lies among the staged weights.
+#[cube]
+fn staged_vector(v: usize, #[comptime] cout: usize, #[comptime] weight_row: usize) -> usize {
+    let n_frags = comptime![cout / 16];
+    let row_vectors = comptime![weight_row / 8];
+    let within = v % 32;
+    let operand = v / 32;
+    operand_vector(operand / n_frags, operand % n_frags, cout, weight_row)
+        + (within / 2) * row_vectors
+        + within % 2
 }
 
 /// Halves one tap's staged weights take (see `operand_vector`).
