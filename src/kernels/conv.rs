@@ -886,6 +886,19 @@ impl WeightLayout {
 }
 
 impl TileShape {
+    /// This shape for `conv3x3_tiles` where `conv3x3_tiles_async` cannot run: weights staged as
+    /// padded operands, taps in a loop (measured best without asynchronous copies on CUDA;
+    /// BENCHMARKS.md, "Asynchronous weight copies").
+    pub fn synchronous(self) -> Self {
+        Self {
+            asynchronous: false,
+            weights: WeightLayout::Padded,
+            unroll_taps: false,
+            prefetch: false,
+            ..self
+        }
+    }
+
     /// Halves between a staged operand's rows, as the kernels take it.
     pub fn weight_row(&self, cout: usize) -> usize {
         match self.weights {

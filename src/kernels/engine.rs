@@ -102,6 +102,13 @@ fn tile_shape<R: Runtime>(
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
+    // Without asynchronous copies, the synchronous kernel's own best (not the asynchronous
+    // shape with its copies turned off: packed weights lose there).
+    let preferred = if preferred.asynchronous && !client.properties().features.copy_async {
+        preferred.synchronous()
+    } else {
+        preferred
+    };
     let asked = TileShape {
         rows: knob("UPFRAME_CONV_ROWS", preferred.rows),
         planes: knob("UPFRAME_CONV_PLANES", preferred.planes),
