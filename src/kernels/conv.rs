@@ -10,7 +10,8 @@
 //!   im2col buffer exists. Each tap's weights are staged in shared memory by the whole cube, so
 //!   that its planes share one coalesced read of them.
 //! - `conv3x3_tiles_async`: the same on CUDA from sm_80, with asynchronous copies (`cp.async`):
-//!   the next tap's weights land in a second buffer while this tap multiplies.
+//!   the next tap's weights land in a second buffer while this tap multiplies. `conv_mma` has
+//!   its successor there, with the fragments in registers.
 //! - `conv3x3_direct`: the same convolution for devices without cooperative matrices.
 //! - `tail`: pixel shuffle + nearest-neighbour base + clamp, into 8-bit RGB0 or f32 planes.
 //!
@@ -28,7 +29,7 @@ pub const TILE_X: u32 = 32;
 pub const HEAD_QUAD: usize = 4;
 
 #[cube]
-fn prelu_if(value: f32, slope: f32, #[comptime] prelu: bool) -> f32 {
+pub(super) fn prelu_if(value: f32, slope: f32, #[comptime] prelu: bool) -> f32 {
     if comptime![prelu] {
         if value < 0.0 {
             value * slope
@@ -194,17 +195,17 @@ type Float4 = Vector<f32, Const<4>>;
 
 /// Where a cube of `conv3x3_tiles` works: its first pixel, its frame, and which unit this is.
 #[derive(CubeType, Clone, Copy)]
-struct TilePlace {
-    x0: i32,
-    y0: i32,
-    frame_start: usize,
-    plane: usize,
-    lane: usize,
-    unit: usize,
+pub(super) struct TilePlace {
+    pub(super) x0: i32,
+    pub(super) y0: i32,
+    pub(super) frame_start: usize,
+    pub(super) plane: usize,
+    pub(super) lane: usize,
+    pub(super) unit: usize,
 }
 
 #[cube]
-fn tile_place(
+pub(super) fn tile_place(
     width: u32,
     height: u32,
     #[comptime] tile_y: usize,
@@ -231,7 +232,7 @@ fn tile_place(
 /// picture. `asynchronous` issues `cp.async` copies (a zero-length source writes zeros) that a
 /// barrier must then wait for; otherwise the units load and store the vectors themselves.
 #[cube]
-fn load_halo(
+pub(super) fn load_halo(
     input: &Array<Half8>,
     halo: &mut SharedMemory<Half8>,
     place: TilePlace,
@@ -285,7 +286,7 @@ fn load_halo(
 /// Copies one tap's weights (16×16 operands of 32 vectors each, in fragment order) into shared
 /// memory from `start`, laid out as `operand_vector` says.
 #[cube]
-fn stage_weights(
+pub(super) fn stage_weights(
     weight: &Array<Half8>,
     staged: &mut SharedMemory<Half8>,
     tap: usize,
@@ -296,6 +297,7 @@ fn stage_weights(
     #[comptime] weight_row: usize,
     #[comptime] units: usize,
     #[comptime] asynchronous: bool,
+    #[comptime] swizzled: bool,
 ) {
     let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
     let halves = comptime![8u32];
@@ -303,7 +305,7 @@ fn stage_weights(
     for load in 0..comptime![tap_vectors.div_ceil(units)] {
         let v = load * units + unit;
         if v < tap_vectors {
-            let to = start + staged_vector(v, cout, weight_row);
+            let to = start + staged_vector(v, cout, weight_row, swizzled);
             let from = tap * tap_vectors + v;
             if comptime![asynchronous] {
                 copy_async(
@@ -348,6 +350,7 @@ fn fetch_weights(
 fn put_weights(
     fetched: &Sequence<Half8>,
     staged: &mut SharedMemory<Half8>,
+    start: usize,
     unit: usize,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
@@ -359,7 +362,7 @@ fn put_weights(
     for load in 0..comptime![tap_vectors.div_ceil(units)] {
         let v = load * units + unit;
         if v < tap_vectors {
-            staged[staged_vector(v, cout, weight_row)] = *fetched.index(load);
+            staged[start + staged_vector(v, cout, weight_row, false)] = *fetched.index(load);
         }
     }
 }
@@ -551,6 +554,7 @@ pub fn conv3x3_tiles(
     #[comptime] weights_shared: bool,
     #[comptime] weight_row: usize,
     #[comptime] prefetch: bool,
+    #[comptime] double_buffered: bool,
     #[comptime] prelu: bool,
     #[comptime] batched: bool,
 ) {
@@ -558,14 +562,18 @@ pub fn conv3x3_tiles(
     let units = comptime![32 * planes];
     let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
     let place = tile_place(width, height, tile_y, batched);
+    // Two weight buffers only with the prefetch; their f16 stage then replaces the f32 one.
+    let double_buffered = comptime![double_buffered && weights_shared && prefetch];
+    let buffer = comptime![staged_halves(cin, cout, weight_row) / 8];
 
     let mut halo = SharedMemory::<Half8>::new(comptime![halo_vectors(tile_y, cin, pad)]);
-    let mut stage = SharedMemory::<Float4>::new(comptime![planes * 64]);
+    let mut stage =
+        SharedMemory::<Float4>::new(comptime![if double_buffered { 1 } else { planes * 64 }]);
     let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
-    let staged_vectors = comptime![if weights_shared {
-        staged_halves(cin, cout, weight_row) / 8
-    } else {
-        1
+    let staged_vectors = comptime![match (weights_shared, double_buffered) {
+        (true, true) => 2 * buffer,
+        (true, false) => buffer,
+        _ => 1,
     }];
     let mut staged = SharedMemory::<Half8>::new(staged_vectors);
 
@@ -585,6 +593,7 @@ pub fn conv3x3_tiles(
             weight_row,
             units,
             false,
+            false,
         );
     }
     sync_cube();
@@ -603,9 +612,16 @@ pub fn conv3x3_tiles(
                 cout,
                 units,
             );
+            // With two buffers, tap t reads buffer t % 2 while the other, last read at tap
+            // t - 1 (before the barrier that ended it), takes tap t + 1: one barrier a tap.
+            let mut current = 0usize;
+            if comptime![double_buffered] {
+                current = tap % 2;
+            }
+            let start = current * buffer;
             multiply_tap(
                 &halo,
-                &staged.to_slice(),
+                &staged.slice(start, start + buffer),
                 &acc,
                 place.plane,
                 tap / 3,
@@ -617,10 +633,13 @@ pub fn conv3x3_tiles(
                 weight_row,
             );
             if tap < 8 {
-                sync_cube();
+                if comptime![!double_buffered] {
+                    sync_cube();
+                }
                 put_weights(
                     &fetched,
                     &mut staged,
+                    (1 - current) * buffer * usize::cast_from(double_buffered),
                     place.unit,
                     cin,
                     cout,
@@ -642,6 +661,7 @@ pub fn conv3x3_tiles(
                 cout,
                 weight_row,
                 units,
+                false,
                 false,
             );
             sync_cube();
@@ -675,9 +695,85 @@ pub fn conv3x3_tiles(
             );
         }
     }
-    store_tile(
-        &acc, &mut stage, &epilogue, output, place, width, height, cout, rows, prelu,
-    );
+    if comptime![double_buffered] {
+        // Tap 8 read buffer 0; buffer 1 has been free since the barrier that ended tap 7.
+        store_tile_halves(
+            &acc,
+            &mut staged,
+            buffer,
+            &epilogue,
+            output,
+            place,
+            width,
+            height,
+            cout,
+            rows,
+            prelu,
+        );
+    } else {
+        store_tile(
+            &acc, &mut stage, &epilogue, output, place, width, height, cout, rows, prelu,
+        );
+    }
+}
+
+/// `store_tile` through an f16 stage (512 bytes a plane, from `stage_start` in `staged`): each
+/// fragment is rounded to f16, then a lane adds the bias to 8 channels of one pixel, applies
+/// PReLU and writes them as one 16-byte store.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_tile_halves(
+    acc: &Sequence<cmma::Matrix<f32>>,
+    staged: &mut SharedMemory<Half8>,
+    stage_start: usize,
+    epilogue: &SharedMemory<f32>,
+    output: &mut Array<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] cout: usize,
+    #[comptime] rows: usize,
+    #[comptime] prelu: bool,
+) {
+    let m_frags = comptime![TILE_X as usize / 16];
+    let n_frags = comptime![cout / 16];
+    let vectors_out = comptime![cout / 8];
+    let w = width as usize;
+    let start = stage_start + place.plane * 32;
+    let px = place.lane / 2;
+    let half = place.lane % 2;
+    #[unroll]
+    for r in 0..rows {
+        let y = place.y0 as usize + place.plane * rows + r;
+        #[unroll]
+        for mf in 0..m_frags {
+            let x = place.x0 as usize + mf * 16 + px;
+            #[unroll]
+            for nf in 0..n_frags {
+                let sums = cmma::cast::<f32, f16>(acc.index((r * m_frags + mf) * n_frags + nf));
+                cmma::store(
+                    &mut staged.slice_mut(start, start + 32),
+                    &sums,
+                    16,
+                    cmma::MatrixLayout::RowMajor,
+                );
+                sync_plane();
+                if x < w && y < height as usize {
+                    let first = nf * 16 + half * 8;
+                    let sums = staged[start + px * 2 + half];
+                    let mut out = Half8::new(f16::new(0.0));
+                    #[unroll]
+                    for j in 0..8usize {
+                        let ch = first + j;
+                        let v = f32::cast_from(sums[j]) + epilogue[ch];
+                        out[j] = f16::cast_from(prelu_if(v, epilogue[cout + ch], prelu));
+                    }
+                    output[(place.frame_start + y * w + x) * vectors_out + nf * 2 + half] = out;
+                }
+                sync_plane();
+            }
+        }
+    }
 }
 
 /// `conv3x3_tiles` with asynchronous copies (CUDA's `cp.async`, sm_80 and later): the halo and
@@ -731,6 +827,7 @@ pub fn conv3x3_tiles_async(
         weight_row,
         units,
         true,
+        false,
     );
     ready_even.commit_copy_async();
     load_epilogue(bias, slope, &mut epilogue, place.unit, cout);
@@ -757,6 +854,7 @@ pub fn conv3x3_tiles_async(
                 weight_row,
                 units,
                 true,
+                false,
             );
             if current == 0 {
                 ready_odd.commit_copy_async();
@@ -805,16 +903,28 @@ fn operand_vector(
 }
 
 /// Where vector `v` of a tap's weights in fragment order (operand `v / 32`, row `v % 32 / 2`,
-/// half `v % 2`) lies among the staged weights.
+/// half `v % 2`) lies among the staged weights. `swizzled` (packed operands only) swaps the
+/// halves of rows 4-7 and 12-15, so that the eight rows one `ldmatrix` phase reads fall in
+/// distinct banks.
 #[cube]
-fn staged_vector(v: usize, #[comptime] cout: usize, #[comptime] weight_row: usize) -> usize {
+pub(super) fn staged_vector(
+    v: usize,
+    #[comptime] cout: usize,
+    #[comptime] weight_row: usize,
+    #[comptime] swizzled: bool,
+) -> usize {
     let n_frags = comptime![cout / 16];
     let row_vectors = comptime![weight_row / 8];
     let within = v % 32;
     let operand = v / 32;
+    let row = within / 2;
+    let mut half = within % 2;
+    if comptime![swizzled] {
+        half ^= (row / 4) % 2;
+    }
     operand_vector(operand / n_frags, operand % n_frags, cout, weight_row)
-        + (within / 2) * row_vectors
-        + within % 2
+        + row * row_vectors
+        + half
 }
 
 /// Halves one tap's staged weights take (see `operand_vector`).
@@ -832,7 +942,7 @@ pub fn staged_halves(cin: usize, cout: usize, weight_row: usize) -> usize {
 /// them all in the same ones; 16 halves, in two). An operand then starts on a 16-byte boundary
 /// only: what `ldmatrix` and Vulkan's cooperative matrix loads need, tested on cuda and Vulkan
 /// (tests/backends.rs).
-fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
+pub(super) fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
     (tile_y + 2) * (TILE_X as usize + 2) * (cin + pad) / 8
 }
 
@@ -842,7 +952,10 @@ fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
 /// stages each tap's weights in shared memory instead of reading them from global memory per
 /// plane, laid out as `weights` says; with `prefetch`, each unit fetches its share of the next
 /// tap's weights into registers before this tap's multiplies. `asynchronous` runs
-/// `conv3x3_tiles_async` (which always stages weights, through `cp.async`).
+/// `conv3x3_tiles_async` (which always stages weights, through `cp.async`); `mma` runs
+/// `conv_mma::conv3x3_mma` (the same copies, register fragments, swizzled packed weights, taps
+/// in a loop or unrolled) in its place. `double_buffered`
+/// (synchronous kernel with the prefetch) stages taps in two buffers, one barrier a tap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     pub rows: usize,
@@ -853,6 +966,8 @@ pub struct TileShape {
     pub weights: WeightLayout,
     pub prefetch: bool,
     pub asynchronous: bool,
+    pub mma: bool,
+    pub double_buffered: bool,
 }
 
 /// How a tap's weights lie in shared memory (`operand_vector`).
@@ -892,6 +1007,8 @@ impl TileShape {
     pub fn synchronous(self) -> Self {
         Self {
             asynchronous: false,
+            mma: false,
+            double_buffered: false,
             weights: WeightLayout::Padded,
             unroll_taps: false,
             prefetch: false,
@@ -911,13 +1028,18 @@ impl TileShape {
     /// Shared memory one cube uses for `cin` input channels and `cout` outputs.
     pub fn shared_bytes(&self, cin: usize, cout: usize) -> usize {
         let halo = halo_vectors(self.planes * self.rows, cin, self.pad) * 16;
+        if self.mma {
+            return halo + 2 * staged_halves(cin, cout, 16) * 2 + 16;
+        }
         let buffer = staged_halves(cin, cout, self.weight_row(cout)) * 2;
-        let staged = match (self.asynchronous, self.weights_shared) {
-            (true, _) => 2 * buffer + 16,
-            (false, true) => buffer,
-            (false, false) => 16,
+        let double = self.double_buffered && self.weights_shared && self.prefetch;
+        let (staged, stage) = match (self.asynchronous, self.weights_shared, double) {
+            (true, _, _) => (2 * buffer + 16, self.planes * 1024),
+            (false, true, true) => (2 * buffer, 16),
+            (false, true, false) => (buffer, self.planes * 1024),
+            (false, false, _) => (16, self.planes * 1024),
         };
-        halo + self.planes * 1024 + 2 * cout * 4 + staged
+        halo + stage + 2 * cout * 4 + staged
     }
 }
 

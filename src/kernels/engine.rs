@@ -9,6 +9,7 @@ use half::f16;
 use std::time::{Duration, Instant};
 
 use super::conv::{self, TileShape, WeightLayout, TILE_X};
+use super::conv_mma;
 use super::picture;
 use super::srvgg::Srvgg;
 use super::{Fused, FusedOutput, Keep};
@@ -54,14 +55,32 @@ pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
         && hardware.plane_size_max >= 32
 }
 
-/// `conv3x3_tiles`' tile shapes measured best on an H200 (BENCHMARKS.md, "Tile shapes",
-/// "Weights staged in shared memory" and "Asynchronous weight copies"): through CUDA, 2 rows x 4
-/// planes with `cp.async` copies of each tap's weights into one of two buffers of packed
-/// operands, the taps unrolled (each tap's buffer and barrier then known at compile time);
-/// through wgpu (over Vulkan, whose 48 KiB of shared memory holds no more, and which
-/// has no asynchronous copies), 1 row x 4 planes, each tap's weights staged between two barriers
-/// as padded operands, each unit fetching its share of the next tap's weights into registers
-/// before this tap's multiplies. Both pad a pixel's channels by 8 halves.
+/// Whether the device runs PTX `mma.sync` m16n8k16 on f16 into f32 and asynchronous copies,
+/// what `conv_mma::conv3x3_mma` needs.
+fn has_register_mma<R: Runtime>(client: &ComputeClient<R>) -> bool {
+    use cubecl::ir::features::MmaConfig;
+    use cubecl::ir::{ElemType, FloatKind};
+    let config = MmaConfig {
+        a_type: ElemType::Float(FloatKind::F16).into(),
+        b_type: ElemType::Float(FloatKind::F16).into(),
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        k: 16,
+        n: 8,
+    };
+    let features = &client.properties().features;
+    features.matmul.mma.contains(&config) && features.copy_async
+}
+
+/// The tensor-core convolution's tile shapes measured best on an H200 (BENCHMARKS.md, "Tile
+/// shapes", "Weights staged in shared memory", "Asynchronous weight copies" and "Register
+/// fragments"): through CUDA, `conv_mma::conv3x3_mma`, 2 rows x 4 planes with `cp.async` copies
+/// of each tap's weights into one of two buffers of packed operands, the taps unrolled; through
+/// wgpu (over Vulkan, whose 48 KiB of shared memory holds no more, and which has no
+/// asynchronous copies), `conv3x3_tiles`, 1 row x 4 planes, each unit fetching its share of the
+/// next tap's weights into registers before this tap's multiplies and storing it into the
+/// second of two buffers (one matrix with padded rows, the only layout two of which fit), one
+/// barrier a tap. Both pad a pixel's channels by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
@@ -71,6 +90,8 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     weights: WeightLayout::Packed,
     prefetch: false,
     asynchronous: true,
+    mma: true,
+    double_buffered: false,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
@@ -78,17 +99,21 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     unroll_taps: false,
     pad: 8,
     weights_shared: true,
-    weights: WeightLayout::Padded,
+    weights: WeightLayout::Matrix,
     prefetch: true,
     asynchronous: false,
+    mma: false,
+    double_buffered: true,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
-/// memory (Vulkan often allows 48 KiB), else the largest smaller one. `UPFRAME_CONV_ROWS`,
+/// memory (Vulkan often allows 48 KiB), else the largest smaller one, with one weight buffer if
+/// two do not fit. `UPFRAME_CONV_ROWS`,
 /// `UPFRAME_CONV_PLANES`, `UPFRAME_CONV_UNROLL` (0 or 1), `UPFRAME_CONV_PAD` (halves) and
 /// `UPFRAME_CONV_WEIGHTS_SHARED` (0 or 1), `UPFRAME_CONV_WEIGHTS` (packed, padded or matrix),
-/// `UPFRAME_CONV_PREFETCH` (0 or 1) and
-/// `UPFRAME_CONV_ASYNC` (0 or 1; only where the device has asynchronous copies) override it for
+/// `UPFRAME_CONV_PREFETCH` (0 or 1), `UPFRAME_CONV_DOUBLE` (0 or 1: two weight buffers with the
+/// prefetch), `UPFRAME_CONV_ASYNC` (0 or 1; only where the device has asynchronous copies) and
+/// `UPFRAME_CONV_MMA` (0 or 1; only where it also runs `mma.sync`) override it for
 /// measurements.
 fn tile_shape<R: Runtime>(
     client: &ComputeClient<R>,
@@ -125,25 +150,31 @@ fn tile_shape<R: Runtime>(
         prefetch: knob("UPFRAME_CONV_PREFETCH", preferred.prefetch as usize) != 0,
         asynchronous: knob("UPFRAME_CONV_ASYNC", preferred.asynchronous as usize) != 0
             && client.properties().features.copy_async,
+        mma: knob("UPFRAME_CONV_MMA", preferred.mma as usize) != 0 && has_register_mma(client),
+        double_buffered: knob("UPFRAME_CONV_DOUBLE", preferred.double_buffered as usize) != 0,
     };
     let limit = client.properties().hardware.max_shared_memory_size;
     let fits = |shape: &TileShape| shape.shared_bytes(cin, cout) <= limit;
-    [
-        asked,
-        TileShape { rows: 1, ..asked },
-        TileShape {
-            rows: 1,
-            planes: 2,
-            ..asked
-        },
-    ]
-    .into_iter()
-    .find(fits)
-    .unwrap_or(TileShape {
-        rows: 1,
-        planes: 1,
+    let one_buffer = TileShape {
+        double_buffered: false,
         ..asked
-    })
+    };
+    let sizes = [(asked.rows, asked.planes), (1, asked.planes), (1, 2)];
+    sizes
+        .into_iter()
+        .flat_map(|(rows, planes)| {
+            [asked, one_buffer].map(|shape| TileShape {
+                rows,
+                planes,
+                ..shape
+            })
+        })
+        .find(fits)
+        .unwrap_or(TileShape {
+            rows: 1,
+            planes: 1,
+            ..one_buffer
+        })
 }
 
 impl<R: Runtime> Engine<R> {
@@ -318,7 +349,38 @@ impl<R: Runtime> Engine<R> {
                 };
                 let (bias, slope) = (params.1, params.2);
                 let (cin, cout, batched) = (layer.cin, layer.cout, frames > 1);
-                if shape.asynchronous {
+                if shape.mma {
+                    // Safety: channel pairs of the same buffers (counts are multiples of 16).
+                    let (bias, slope, output) = unsafe {
+                        (
+                            ArrayArg::from_raw_parts(layer.bias.clone(), cout / 2),
+                            ArrayArg::from_raw_parts(layer.slope.clone(), cout / 2),
+                            ArrayArg::from_raw_parts(y.clone(), pixels * cout / 2),
+                        )
+                    };
+                    unsafe {
+                        conv_mma::conv3x3_mma::launch_unchecked::<R>(
+                            client,
+                            count,
+                            dim,
+                            input,
+                            weight,
+                            bias,
+                            slope,
+                            output,
+                            h,
+                            w,
+                            cin,
+                            cout,
+                            shape.rows,
+                            shape.planes,
+                            shape.unroll_taps,
+                            shape.pad,
+                            layer.prelu,
+                            batched,
+                        )
+                    };
+                } else if shape.asynchronous {
                     unsafe {
                         conv::conv3x3_tiles_async::launch_unchecked::<R>(
                             client,
@@ -364,6 +426,7 @@ impl<R: Runtime> Engine<R> {
                             shape.weights_shared,
                             shape.weight_row(cout),
                             shape.prefetch,
+                            shape.double_buffered,
                             layer.prelu,
                             batched,
                         )
@@ -505,6 +568,13 @@ impl<R: Runtime> Fused for Engine<R> {
             if s.pad != p.pad {
                 variants += &format!(", channels padded by {}", s.pad);
             }
+            if s.mma != p.mma {
+                variants += if s.mma {
+                    ", register fragments (mma.sync)"
+                } else {
+                    ", cooperative matrices (wmma)"
+                };
+            }
             if s.asynchronous != p.asynchronous {
                 variants += if s.asynchronous {
                     ", weights copied asynchronously"
@@ -517,6 +587,13 @@ impl<R: Runtime> Fused for Engine<R> {
                     ", next tap's weights prefetched"
                 } else {
                     ", weights not prefetched"
+                };
+            }
+            if s.double_buffered != p.double_buffered && !s.asynchronous && !s.mma {
+                variants += if s.double_buffered {
+                    ", two weight buffers"
+                } else {
+                    ", one weight buffer"
                 };
             }
             if s.weights != p.weights {

@@ -3,6 +3,7 @@
 //! model, keep the generic path in `model::forward`.
 
 pub mod conv;
+pub mod conv_mma;
 pub mod engine;
 pub mod picture;
 pub mod srvgg;
