@@ -166,7 +166,7 @@ fn store_registers(
     }
 }
 
-/// One tap of `conv3x3_mma`: waits for its weights in buffer `current` (and for every unit to
+/// One tap of `conv3x3_mma`: waits for its weights in buffer `tap % 2` (and for every unit to
 /// be done with the other buffer), copies the next tap's weights there, then multiplies.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -179,8 +179,6 @@ fn mma_tap(
     acc: &mut Sequence<Array<Float2>>,
     place: TilePlace,
     tap: usize,
-    #[comptime] current: usize,
-    #[comptime] last: bool,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] pad: usize,
@@ -188,17 +186,18 @@ fn mma_tap(
     #[comptime] units: usize,
 ) {
     let buffer = comptime![cin / 16 * cout / 16 * 32];
-    if comptime![current == 0] {
+    let current = tap % 2;
+    if current == 0 {
         ready_even.arrive_and_wait();
     } else {
         ready_odd.arrive_and_wait();
     }
-    if comptime![!last] {
+    if tap < 8 {
         stage_weights(
             weight,
             staged,
             tap + 1,
-            comptime![(1 - current) * buffer],
+            (1 - current) * buffer,
             place.unit,
             cin,
             cout,
@@ -207,13 +206,13 @@ fn mma_tap(
             true,
             true,
         );
-        if comptime![current == 0] {
+        if current == 0 {
             ready_odd.commit_copy_async();
         } else {
             ready_even.commit_copy_async();
         }
     }
-    let start = comptime![current * buffer];
+    let start = current * buffer;
     multiply_tap_mma(
         halo,
         &staged.slice(start, start + buffer),
@@ -231,8 +230,8 @@ fn mma_tap(
 
 /// Tensor-core 3×3 convolution with register fragments (see the module comment): the cube and
 /// its copies as in `conv3x3_tiles_async` (halo and each tap's weights by `cp.async`, two weight
-/// buffers, one barrier a tap), weights as packed, swizzled operands. `unroll_taps` unrolls all
-/// nine taps; otherwise a loop runs them in pairs (each pair's buffers still known).
+/// buffers, one barrier a tap), weights as packed, swizzled operands. `unroll_taps` unrolls the
+/// nine taps, so that each tap's buffer and barrier are known when it is compiled.
 #[cube(launch_unchecked)]
 pub fn conv3x3_mma(
     input: &Array<Half8>,
@@ -283,64 +282,8 @@ pub fn conv3x3_mma(
     ready_even.commit_copy_async();
     let mut acc = bias_accumulators(bias, place.lane, rows, cout);
 
-    if comptime![unroll_taps] {
-        #[unroll]
-        for tap in 0..9usize {
-            mma_tap(
-                &halo,
-                weight,
-                &mut staged,
-                &ready_even,
-                &ready_odd,
-                &mut acc,
-                place,
-                tap,
-                comptime![tap % 2],
-                comptime![tap == 8],
-                cin,
-                cout,
-                pad,
-                rows,
-                units,
-            );
-        }
-    } else {
-        for pair in 0..4usize {
-            mma_tap(
-                &halo,
-                weight,
-                &mut staged,
-                &ready_even,
-                &ready_odd,
-                &mut acc,
-                place,
-                pair * 2,
-                0usize,
-                false,
-                cin,
-                cout,
-                pad,
-                rows,
-                units,
-            );
-            mma_tap(
-                &halo,
-                weight,
-                &mut staged,
-                &ready_even,
-                &ready_odd,
-                &mut acc,
-                place,
-                pair * 2 + 1,
-                1usize,
-                false,
-                cin,
-                cout,
-                pad,
-                rows,
-                units,
-            );
-        }
+    #[unroll(unroll_taps)]
+    for tap in 0..9usize {
         mma_tap(
             &halo,
             weight,
@@ -349,9 +292,7 @@ pub fn conv3x3_mma(
             &ready_odd,
             &mut acc,
             place,
-            8usize,
-            0usize,
-            true,
+            tap,
             cin,
             cout,
             pad,

@@ -36,21 +36,29 @@ pub struct Engine<R: Runtime> {
     preferred: TileShape,
 }
 
-/// Whether the device multiplies 16×16×16 f16 matrices into f32 (tensor cores, or Vulkan's
-/// cooperative matrices) with 32-wide planes, the shape `conv3x3_tiles` is written for.
-pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
-    use cubecl::ir::features::MmaConfig;
+/// f16 operands, f32 sums, in `m`×`n`×`k` steps.
+fn f16_into_f32(m: u32, n: u32, k: u32) -> cubecl::ir::features::MmaConfig {
     use cubecl::ir::{ElemType, FloatKind};
-    let config = MmaConfig {
+    cubecl::ir::features::MmaConfig {
         a_type: ElemType::Float(FloatKind::F16).into(),
         b_type: ElemType::Float(FloatKind::F16).into(),
         cd_type: ElemType::Float(FloatKind::F32).into(),
-        m: 16,
-        k: 16,
-        n: 16,
-    };
+        m,
+        k,
+        n,
+    }
+}
+
+/// Whether the device multiplies 16×16×16 f16 matrices into f32 (tensor cores, or Vulkan's
+/// cooperative matrices) with 32-wide planes, the shape `conv3x3_tiles` is written for.
+pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
     let hardware = &client.properties().hardware;
-    client.properties().features.matmul.cmma.contains(&config)
+    client
+        .properties()
+        .features
+        .matmul
+        .cmma
+        .contains(&f16_into_f32(16, 16, 16))
         && hardware.plane_size_min <= 32
         && hardware.plane_size_max >= 32
 }
@@ -58,18 +66,8 @@ pub fn has_tensor_cores<R: Runtime>(client: &ComputeClient<R>) -> bool {
 /// Whether the device runs PTX `mma.sync` m16n8k16 on f16 into f32 and asynchronous copies,
 /// what `conv_mma::conv3x3_mma` needs.
 fn has_register_mma<R: Runtime>(client: &ComputeClient<R>) -> bool {
-    use cubecl::ir::features::MmaConfig;
-    use cubecl::ir::{ElemType, FloatKind};
-    let config = MmaConfig {
-        a_type: ElemType::Float(FloatKind::F16).into(),
-        b_type: ElemType::Float(FloatKind::F16).into(),
-        cd_type: ElemType::Float(FloatKind::F32).into(),
-        m: 16,
-        k: 16,
-        n: 8,
-    };
     let features = &client.properties().features;
-    features.matmul.mma.contains(&config) && features.copy_async
+    features.matmul.mma.contains(&f16_into_f32(16, 8, 16)) && features.copy_async
 }
 
 /// The tensor-core convolution's tile shapes measured best on an H200 (BENCHMARKS.md, "Tile
