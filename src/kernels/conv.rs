@@ -776,6 +776,56 @@ fn store_tile_halves(
     }
 }
 
+/// One tap's turn in the asynchronous kernels (`conv3x3_tiles_async`, `conv_mma::conv3x3_mma`):
+/// waits until tap `tap`'s weights have landed in buffer `tap % 2` and every unit has finished
+/// the tap before (`ready_even` and `ready_odd` guard buffers 0 and 1), copies tap `tap + 1`'s
+/// weights into the other buffer, which is now free, and returns where tap `tap`'s buffer
+/// starts.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn next_tap_weights(
+    weight: &Array<Half8>,
+    staged: &mut SharedMemory<Half8>,
+    ready_even: &Barrier,
+    ready_odd: &Barrier,
+    tap: usize,
+    unit: usize,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] weight_row: usize,
+    #[comptime] units: usize,
+    #[comptime] swizzled: bool,
+) -> usize {
+    let buffer = comptime![staged_halves(cin, cout, weight_row) / 8];
+    let current = tap % 2;
+    if current == 0 {
+        ready_even.arrive_and_wait();
+    } else {
+        ready_odd.arrive_and_wait();
+    }
+    if tap < 8 {
+        stage_weights(
+            weight,
+            staged,
+            tap + 1,
+            (1 - current) * buffer,
+            unit,
+            cin,
+            cout,
+            weight_row,
+            units,
+            true,
+            swizzled,
+        );
+        if current == 0 {
+            ready_odd.commit_copy_async();
+        } else {
+            ready_even.commit_copy_async();
+        }
+    }
+    current * buffer
+}
+
 /// `conv3x3_tiles` with asynchronous copies (CUDA's `cp.async`, sm_80 and later): the halo and
 /// the first tap's weights are copied together, then each tap's weights are copied into one of
 /// two buffers while the planes multiply the previous tap from the other. One barrier per tap.
@@ -835,34 +885,19 @@ pub fn conv3x3_tiles_async(
 
     #[unroll(unroll_taps)]
     for tap in 0..9usize {
-        let current = tap % 2;
-        if current == 0 {
-            ready_even.arrive_and_wait();
-        } else {
-            ready_odd.arrive_and_wait();
-        }
-        // Every unit has finished the previous tap, so its buffer is free for the next one.
-        if tap < 8 {
-            stage_weights(
-                weight,
-                &mut staged,
-                tap + 1,
-                (1 - current) * buffer,
-                place.unit,
-                cin,
-                cout,
-                weight_row,
-                units,
-                true,
-                false,
-            );
-            if current == 0 {
-                ready_odd.commit_copy_async();
-            } else {
-                ready_even.commit_copy_async();
-            }
-        }
-        let start = current * buffer;
+        let start = next_tap_weights(
+            weight,
+            &mut staged,
+            &ready_even,
+            &ready_odd,
+            tap,
+            place.unit,
+            cin,
+            cout,
+            weight_row,
+            units,
+            false,
+        );
         multiply_tap(
             &halo,
             &staged.slice(start, start + buffer),

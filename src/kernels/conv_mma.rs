@@ -10,7 +10,8 @@ use cubecl::prelude::*;
 use half::f16;
 
 use super::conv::{
-    halo_vectors, load_halo, prelu_if, stage_weights, tile_place, Half8, TilePlace, TILE_X,
+    halo_vectors, load_halo, next_tap_weights, prelu_if, stage_weights, tile_place, Half8,
+    TilePlace, TILE_X,
 };
 
 /// Two halves: one register of an `mma` operand, and the unit of the output's stores.
@@ -166,68 +167,6 @@ fn store_registers(
     }
 }
 
-/// One tap of `conv3x3_mma`: waits for its weights in buffer `tap % 2` (and for every unit to
-/// be done with the other buffer), copies the next tap's weights there, then multiplies.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn mma_tap(
-    halo: &SharedMemory<Half8>,
-    weight: &Array<Half8>,
-    staged: &mut SharedMemory<Half8>,
-    ready_even: &Barrier,
-    ready_odd: &Barrier,
-    acc: &mut Sequence<Array<Float2>>,
-    place: TilePlace,
-    tap: usize,
-    #[comptime] cin: usize,
-    #[comptime] cout: usize,
-    #[comptime] pad: usize,
-    #[comptime] rows: usize,
-    #[comptime] units: usize,
-) {
-    let buffer = comptime![cin / 16 * cout / 16 * 32];
-    let current = tap % 2;
-    if current == 0 {
-        ready_even.arrive_and_wait();
-    } else {
-        ready_odd.arrive_and_wait();
-    }
-    if tap < 8 {
-        stage_weights(
-            weight,
-            staged,
-            tap + 1,
-            (1 - current) * buffer,
-            place.unit,
-            cin,
-            cout,
-            16usize,
-            units,
-            true,
-            true,
-        );
-        if current == 0 {
-            ready_odd.commit_copy_async();
-        } else {
-            ready_even.commit_copy_async();
-        }
-    }
-    let start = current * buffer;
-    multiply_tap_mma(
-        halo,
-        &staged.slice(start, start + buffer),
-        acc,
-        place.plane,
-        place.lane,
-        tap / 3,
-        tap % 3,
-        cin,
-        cout,
-        pad,
-        rows,
-    );
-}
-
 /// Tensor-core 3×3 convolution with register fragments (see the module comment): the cube and
 /// its copies as in `conv3x3_tiles_async` (halo and each tap's weights by `cp.async`, two weight
 /// buffers, one barrier a tap), weights as packed, swizzled operands. `unroll_taps` unrolls the
@@ -284,20 +223,31 @@ pub fn conv3x3_mma(
 
     #[unroll(unroll_taps)]
     for tap in 0..9usize {
-        mma_tap(
-            &halo,
+        let start = next_tap_weights(
             weight,
             &mut staged,
             &ready_even,
             &ready_odd,
-            &mut acc,
-            place,
             tap,
+            place.unit,
+            cin,
+            cout,
+            16usize,
+            units,
+            true,
+        );
+        multiply_tap_mma(
+            &halo,
+            &staged.slice(start, start + buffer),
+            &mut acc,
+            place.plane,
+            place.lane,
+            tap / 3,
+            tap % 3,
             cin,
             cout,
             pad,
             rows,
-            units,
         );
     }
     store_registers(&acc, slope, output, place, width, height, cout, rows, prelu);
