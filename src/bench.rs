@@ -32,6 +32,8 @@ pub struct BenchRow {
     pub batch: usize,
     /// Threads timing forwards side by side, each on its own stream.
     pub streams: usize,
+    /// Forwards queued back to back before each sync; `median` and `min` are their mean.
+    pub queue: usize,
     pub median: Duration,
     pub min: Duration,
     pub runs: usize,
@@ -62,6 +64,8 @@ pub struct BenchPlan {
     pub batch: usize,
     /// Threads running our kernels side by side.
     pub streams: usize,
+    /// Forwards of our kernels queued back to back per timed sample (see `kernels::Timing`).
+    pub queue: usize,
 }
 
 /// Multiply-adds × 2 of the graph's convolutions per input pixel.
@@ -174,31 +178,37 @@ fn bench_on<B: Backend>(
         for &(w, h) in sizes {
             // Each case's times, and the device memory held after them.
             type Timed = (Vec<Duration>, Option<u64>);
-            type Case<'a> = (String, usize, usize, Box<dyn Fn() -> Timed + 'a>);
+            type Case<'a> = (String, usize, usize, usize, Box<dyn Fn() -> Timed + 'a>);
             let held = || backend::memory_reserved(device);
             let mut cases: Vec<Case> = Vec::new();
             if let Some(fused) = &fused {
+                let timing = kernels::Timing {
+                    runs: plan.runs,
+                    batch: plan.batch,
+                    queue: plan.queue,
+                };
                 let time: Box<dyn Fn() -> Timed> = match plan.streams {
-                    1 => Box::new(|| (fused.time_forward(w, h, plan.runs, plan.batch), held())),
+                    1 => Box::new(move || (fused.time_forward(w, h, timing), held())),
                     streams => Box::new(move || {
                         let (times, memory) =
                             side_by_side(&model.graph, precision, device, streams, |engine| {
-                                engine.time_forward(w, h, plan.runs, plan.batch)
+                                engine.time_forward(w, h, timing)
                             });
                         (times, memory.map(|m| m + held().unwrap_or(0)))
                     }),
                 };
-                cases.push((fused.describe(), plan.batch, plan.streams, time));
+                cases.push((fused.describe(), plan.batch, plan.streams, plan.queue, time));
             }
             if generic_ok {
                 cases.push((
                     "burn's generic operations".into(),
                     1,
                     1,
+                    1,
                     Box::new(|| (time_forward(&net, w, h, plan.runs), held())),
                 ));
             }
-            for (kernels, batch, streams, time) in cases {
+            for (kernels, batch, streams, queue, time) in cases {
                 let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&time));
                 let (mut times, memory) = match timed {
                     Ok(t) => t,
@@ -223,6 +233,7 @@ fn bench_on<B: Backend>(
                     height: h,
                     batch,
                     streams,
+                    queue,
                     median: times[times.len() / 2],
                     min: times[0],
                     runs: plan.runs,

@@ -216,6 +216,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub streams: u8,
 
+    /// Forwards of upframe's fused kernels queued back to back per timed run, ended by one sync,
+    /// as the PyTorch peers in benches/ are timed; ms is then the mean per forward. 1 times each
+    /// forward with the sync's round trip
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub queue: u16,
+
     /// Also write the rows as JSON lines to this file
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -139,6 +139,7 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         kernels: args.kernels,
         batch: usize::from(args.batch),
         streams: usize::from(args.streams),
+        queue: usize::from(args.queue),
     };
     if args.dedup {
         return bench_dedup(&plan);
@@ -153,18 +154,19 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         plan.runs
     );
     println!(
-        "{:<6} {:<5} {:>10} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8}  kernels, device",
-        "backend", "prec", "input", "batch", "streams", "ms", "fps", "TFLOP/s", "VRAM MiB"
+        "{:<6} {:<5} {:>10} {:>5} {:>7} {:>5} {:>9} {:>9} {:>8} {:>8}  kernels, device",
+        "backend", "prec", "input", "batch", "streams", "queue", "ms", "fps", "TFLOP/s", "VRAM MiB"
     );
     let mut json = Vec::new();
     upframe::bench::run(&model, &plan, |r| {
         println!(
-            "{:<7} {:<5} {:>10} {:>5} {:>7} {:>9.2} {:>9.1} {:>8.3} {:>8}  {}, {}",
+            "{:<7} {:<5} {:>10} {:>5} {:>7} {:>5} {:>9.2} {:>9.1} {:>8.3} {:>8}  {}, {}",
             r.backend.to_string(),
             r.precision.to_string(),
             format!("{}x{}", r.width, r.height),
             r.batch,
             r.streams,
+            r.queue,
             r.median.as_secs_f64() * 1e3,
             r.fps(),
             r.tflops(flop),
@@ -175,7 +177,7 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         json.push(serde_json::json!({
             "backend": r.backend.to_string(), "device": r.device, "precision": r.precision.to_string(),
             "width": r.width, "height": r.height, "median_ms": r.median.as_secs_f64() * 1e3,
-            "min_ms": r.min.as_secs_f64() * 1e3, "batch": r.batch, "streams": r.streams, "fps": r.fps(), "tflops": r.tflops(flop), "runs": r.runs,
+            "min_ms": r.min.as_secs_f64() * 1e3, "batch": r.batch, "streams": r.streams, "queue": r.queue, "fps": r.fps(), "tflops": r.tflops(flop), "runs": r.runs,
             "kernels": r.kernels, "memory_reserved": r.memory,
         }));
     })?;

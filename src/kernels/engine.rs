@@ -12,7 +12,7 @@ use super::conv::{self, TileShape, WeightLayout, TILE_X};
 use super::conv_mma;
 use super::picture;
 use super::srvgg::Srvgg;
-use super::{Fused, FusedOutput, Keep};
+use super::{Fused, FusedOutput, Keep, Timing};
 use crate::model::forward::Precision;
 
 struct DeviceLayer {
@@ -263,25 +263,29 @@ impl<R: Runtime> Engine<R> {
         &self,
         width: usize,
         height: usize,
-        runs: usize,
-        batch: usize,
+        timing: Timing,
     ) -> Vec<Duration> {
+        let batch = timing.batch;
         let planes: Vec<f32> = (0..3 * width * height * batch)
             .map(|i| (i.wrapping_mul(2654435761) % 1000) as f32 / 1000.0)
             .collect();
         let input = self.client.create_from_slice(f32::as_bytes(&planes));
         let keep = (0, 0, width * self.scale, height * self.scale);
-        let once = || {
+        let queue = timing.queue.max(1);
+        let sample = || {
             let start = Instant::now();
-            let out = self.forward::<F>(&input, width, height, batch, keep, true);
+            // Held until after the sync, so that no output's memory is reused while queued.
+            let outs: Vec<Handle> = (0..queue)
+                .map(|_| self.forward::<F>(&input, width, height, batch, keep, true))
+                .collect();
             cubecl::future::block_on(self.client.sync()).expect("device sync");
-            drop(out);
-            start.elapsed()
+            drop(outs);
+            start.elapsed() / queue as u32
         };
         for _ in 0..3 {
-            once();
+            sample();
         }
-        (0..runs.max(1)).map(|_| once()).collect()
+        (0..timing.runs.max(1)).map(|_| sample()).collect()
     }
 
     /// Queues the whole network on `input` (`frames` pictures of 3 f32 planes, one after
@@ -533,17 +537,11 @@ impl<R: Runtime> Fused for Engine<R> {
     }
 
     /// Model-only timings of forwards over `batch` frames at once: the input stays on the device,
-    /// each forward ends with a device sync.
-    fn time_forward(
-        &self,
-        width: usize,
-        height: usize,
-        runs: usize,
-        batch: usize,
-    ) -> Vec<Duration> {
+    /// forwards are queued and synced as `timing` says.
+    fn time_forward(&self, width: usize, height: usize, timing: Timing) -> Vec<Duration> {
         match self.precision {
-            Precision::F16 => self.time_as::<f16>(width, height, runs, batch),
-            Precision::F32 => self.time_as::<f32>(width, height, runs, batch),
+            Precision::F16 => self.time_as::<f16>(width, height, timing),
+            Precision::F32 => self.time_as::<f32>(width, height, timing),
         }
     }
 

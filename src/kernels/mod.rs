@@ -36,6 +36,17 @@ pub enum Kernels {
     Generic,
 }
 
+/// How `Fused::time_forward` times: `runs` samples, each of `queue` forwards of `batch` frames
+/// queued back to back and ended by one device sync (the mean forward of the sample). A queue of
+/// 1 times each forward with the sync's round trip; a longer one measures throughput, as
+/// PyTorch's peers (`benches/`) are timed.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub runs: usize,
+    pub batch: usize,
+    pub queue: usize,
+}
+
 /// A network running on our kernels, whatever the runtime.
 pub trait Fused: Send {
     /// `planes` is 3×`height`×`width` f32.
@@ -78,15 +89,10 @@ pub trait Fused: Send {
     ) -> Result<FusedOutput, String>;
     /// What runs, for logs and reports: e.g. "fused SRVGG kernels, tensor cores".
     fn describe(&self) -> String;
-    /// Model-only times of `runs` forwards of `batch` frames at `width`×`height`, after a
+    /// Model-only times at `width`×`height`, one per forward of `timing.batch` frames, after a
     /// warm-up.
-    fn time_forward(
-        &self,
-        width: usize,
-        height: usize,
-        runs: usize,
-        batch: usize,
-    ) -> Vec<std::time::Duration>;
+    fn time_forward(&self, width: usize, height: usize, timing: Timing)
+        -> Vec<std::time::Duration>;
     /// Device memory the runtime holds, in bytes.
     fn memory_reserved(&self) -> Option<u64>;
 }
@@ -241,7 +247,7 @@ mod tests {
         fn describe(&self) -> String {
             "unwritten".into()
         }
-        fn time_forward(&self, _: usize, _: usize, _: usize, _: usize) -> Vec<std::time::Duration> {
+        fn time_forward(&self, _: usize, _: usize, _: Timing) -> Vec<std::time::Duration> {
             Vec::new()
         }
         fn memory_reserved(&self) -> Option<u64> {
