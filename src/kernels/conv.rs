@@ -989,8 +989,10 @@ pub(super) fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
 /// tap's weights into registers before this tap's multiplies. `asynchronous` runs
 /// `conv3x3_tiles_async` (which always stages weights, through `cp.async`); `mma` runs
 /// `conv_mma::conv3x3_mma` (the same copies, register fragments, swizzled packed weights, taps
-/// in a loop or unrolled) in its place. `double_buffered`
-/// (synchronous kernel with the prefetch) stages taps in two buffers, one barrier a tap.
+/// in a loop or unrolled) in its place, and with `tma` `conv_mma::conv3x3_mma_tma` (Hopper's
+/// tensor memory accelerator copies the halo and each tap's weights, each with one instruction).
+/// `double_buffered` (synchronous kernel with the prefetch) stages taps in two buffers, one
+/// barrier a tap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     pub rows: usize,
@@ -1003,6 +1005,7 @@ pub struct TileShape {
     pub asynchronous: bool,
     pub mma: bool,
     pub double_buffered: bool,
+    pub tma: bool,
 }
 
 /// How a tap's weights lie in shared memory (`operand_vector`).
@@ -1044,6 +1047,7 @@ impl TileShape {
             asynchronous: false,
             mma: false,
             double_buffered: false,
+            tma: false,
             weights: WeightLayout::Padded,
             unroll_taps: false,
             prefetch: false,
@@ -1064,7 +1068,9 @@ impl TileShape {
     pub fn shared_bytes(&self, cin: usize, cout: usize) -> usize {
         let halo = halo_vectors(self.planes * self.rows, cin, self.pad) * 16;
         if self.mma {
-            return halo + 2 * staged_halves(cin, cout, 16) * 2 + 16;
+            // Two weight buffers, the slopes, two barriers, and the tensor copies' alignment.
+            let aligned = if self.tma { 256 } else { 0 };
+            return halo + 2 * staged_halves(cin, cout, 16) * 2 + cout * 4 + 16 + aligned;
         }
         let buffer = staged_halves(cin, cout, self.weight_row(cout)) * 2;
         let double = self.double_buffered && self.weights_shared && self.prefetch;

@@ -6,6 +6,7 @@
 
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::barrier::Barrier;
+use cubecl::prelude::{TensorMap, Tiled};
 use cubecl::prelude::*;
 use half::f16;
 
@@ -118,13 +119,32 @@ fn multiply_tap_mma(
     }
 }
 
+/// The layer's PReLU slopes (channel pairs), copied into shared memory at the start so that the
+/// epilogue reads them there: read from global memory where they are used, they stalled it.
+#[cube]
+fn stage_slopes(
+    slope: &Array<Float2>,
+    slopes: &mut SharedMemory<Float2>,
+    unit: usize,
+    #[comptime] cout: usize,
+    #[comptime] units: usize,
+) {
+    #[unroll]
+    for i in 0..comptime![(cout / 2).div_ceil(units)] {
+        let pair = i * units + unit;
+        if pair < cout / 2 {
+            slopes[pair] = slope[pair];
+        }
+    }
+}
+
 /// PReLU and f16 in registers; each lane stores its channel pairs (a quad of lanes fills 16
 /// contiguous bytes of a pixel).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn store_registers(
     acc: &Sequence<Array<Float2>>,
-    slope: &Array<Float2>,
+    slope: &SharedMemory<Float2>,
     output: &mut Array<Half2>,
     place: TilePlace,
     width: u32,
@@ -219,6 +239,8 @@ pub fn conv3x3_mma(
         true,
     );
     ready_even.commit_copy_async();
+    let mut slopes = SharedMemory::<Float2>::new(comptime![cout / 2]);
+    stage_slopes(slope, &mut slopes, place.unit, cout, units);
     let mut acc = bias_accumulators(bias, place.lane, rows, cout);
 
     #[unroll(unroll_taps)]
@@ -250,5 +272,158 @@ pub fn conv3x3_mma(
             rows,
         );
     }
-    store_registers(&acc, slope, output, place, width, height, cout, rows, prelu);
+    store_registers(&acc, &slopes, output, place, width, height, cout, rows, prelu);
+}
+
+/// The weights of `conv::fragment_weights` in the order `conv3x3_mma` stages them (rows 4-7 and
+/// 12-15 of each operand with their halves swapped), so that one linear copy of a tap's weights
+/// lands them as `staged_vector(.., swizzled)` places them.
+pub fn swizzled_operands(fragments: &[f32]) -> Vec<f32> {
+    let mut out = fragments.to_vec();
+    for (i, row) in out.chunks_exact_mut(16).enumerate() {
+        if (i % 16 / 4) % 2 == 1 {
+            row.rotate_left(8);
+        }
+    }
+    out
+}
+
+/// Halves a row of the weights' tensor map: a tap's weights are `cin × cout / WEIGHT_ROW` rows
+/// of it, so that one box holds a tap (a box is at most 256 elements a side).
+pub const WEIGHT_ROW: usize = 128;
+
+/// Starts copying tap `tap`'s weights (`swizzled_operands`; one box of the weights' tensor map,
+/// tap × row × `WEIGHT_ROW`) into `staged` from `start`, counted in bytes by `ready`. One unit
+/// calls it.
+#[cube]
+fn copy_tap_weights(
+    weights: &TensorMap<f16, Tiled>,
+    staged: &mut SharedMemory<Half8>,
+    ready: &Barrier,
+    tap: usize,
+    start: usize,
+    #[comptime] buffer: usize,
+) {
+    ready.expect_tx(comptime![buffer as u32 * 16]);
+    ready.tma_load_3d(
+        weights,
+        &mut staged.slice_mut(start, start + buffer),
+        tap as i32,
+        0i32,
+        0i32,
+    );
+}
+
+/// `conv3x3_mma` with its copies made by Hopper's tensor memory accelerator: one unit copies
+/// the halo as one box of the input's tensor map (frame, row, column, channel; zeros outside
+/// the picture, and in the `pad` channels past `cin`, which the box reads beyond the tensor's
+/// last channel) and each tap's weights (in `swizzled_operands` order) as one box of theirs,
+/// instead of every unit copying 16 bytes at a time with its own address arithmetic and bounds
+/// checks.
+#[cube(launch_unchecked)]
+pub fn conv3x3_mma_tma(
+    input: &TensorMap<f16, Tiled>,
+    weight: &TensorMap<f16, Tiled>,
+    bias: &Array<Float2>,
+    slope: &Array<Float2>,
+    output: &mut Array<Half2>,
+    height: u32,
+    width: u32,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] rows: usize,
+    #[comptime] planes: usize,
+    #[comptime] unroll_taps: bool,
+    #[comptime] pad: usize,
+    #[comptime] prelu: bool,
+    #[comptime] batched: bool,
+) {
+    let tile_y = comptime![planes * rows];
+    let buffer = comptime![cin / 16 * cout / 16 * 32];
+    let halo_size = comptime![halo_vectors(tile_y, cin, pad)];
+    let place = tile_place(width, height, tile_y, batched);
+    let mut frame = 0i32;
+    if comptime![batched] {
+        frame = CUBE_POS_Z as i32;
+    }
+
+    let mut halo = SharedMemory::<Half8>::new_aligned(halo_size, 128usize);
+    let mut staged = SharedMemory::<Half8>::new_aligned(comptime![2 * buffer], 128usize);
+    // `ready_even` (`ready_odd`) completes a phase when the bytes copied into buffer 0 (1) have
+    // landed and every unit has arrived, that is, has finished multiplying the tap before.
+    let ready_even = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let ready_odd = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    sync_async_proxy_shared();
+
+    if place.unit == 0 {
+        ready_even.expect_tx(comptime![halo_size as u32 * 16]);
+        ready_even.tma_load_4d(
+            input,
+            &mut halo.to_slice_mut(),
+            frame,
+            place.y0 - 1,
+            place.x0 - 1,
+            0i32,
+        );
+        copy_tap_weights(weight, &mut staged, &ready_even, 0usize, 0usize, buffer);
+    }
+    // Seen by every unit once the first tap's barrier completes.
+    let mut slopes = SharedMemory::<Float2>::new(comptime![cout / 2]);
+    stage_slopes(slope, &mut slopes, place.unit, cout, comptime![32 * planes]);
+    let mut acc = bias_accumulators(bias, place.lane, rows, cout);
+
+    #[unroll(unroll_taps)]
+    for tap in 0..9usize {
+        let current = tap % 2;
+        let next = (1 - current) * buffer;
+        if current == 0 {
+            ready_even.arrive_and_wait();
+            if tap < 8 && place.unit == 0 {
+                copy_tap_weights(weight, &mut staged, &ready_odd, tap + 1, next, buffer);
+            }
+        } else {
+            ready_odd.arrive_and_wait();
+            if place.unit == 0 {
+                copy_tap_weights(weight, &mut staged, &ready_even, tap + 1, next, buffer);
+            }
+        }
+        let start = current * buffer;
+        multiply_tap_mma(
+            &halo,
+            &staged.slice(start, start + buffer),
+            &mut acc,
+            place.plane,
+            place.lane,
+            tap / 3,
+            tap % 3,
+            cin,
+            cout,
+            pad,
+            rows,
+        );
+    }
+    store_registers(&acc, &slopes, output, place, width, height, cout, rows, prelu);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Operand `o`, row `r`, half `h` of fragment-order weights must land where
+    /// `staged_vector(.., swizzled)` stages it: same operand and row, half `h ^ (r / 4 % 2)`.
+    #[test]
+    fn swizzled_operands_place_halves_as_staged() {
+        let (cin, cout) = (32, 48);
+        let fragments: Vec<f32> = (0..9 * cin * cout).map(|i| i as f32).collect();
+        let staged = swizzled_operands(&fragments);
+        for operand in 0..9 * (cin / 16) * (cout / 16) {
+            for row in 0..16 {
+                for half in 0..2 {
+                    let from = operand * 256 + row * 16 + half * 8;
+                    let to = operand * 256 + row * 16 + (half ^ (row / 4 % 2)) * 8;
+                    assert_eq!(fragments[from..from + 8], staged[to..to + 8]);
+                }
+            }
+        }
+    }
 }

@@ -70,10 +70,22 @@ fn has_register_mma<R: Runtime>(client: &ComputeClient<R>) -> bool {
     features.matmul.mma.contains(&f16_into_f32(16, 8, 16)) && features.copy_async
 }
 
+/// Whether the device copies tensor-map boxes and bulk bytes into shared memory (Hopper's
+/// tensor memory accelerator), what `conv_mma::conv3x3_mma_tma` needs.
+fn has_tma<R: Runtime>(client: &ComputeClient<R>) -> bool {
+    client
+        .properties()
+        .features
+        .tma
+        .contains(cubecl::ir::features::Tma::Base)
+}
+
 /// The tensor-core convolution's tile shapes measured best on an H200 (BENCHMARKS.md, "Tile
-/// shapes", "Weights staged in shared memory", "Asynchronous weight copies" and "Register
-/// fragments"): through CUDA, `conv_mma::conv3x3_mma`, 2 rows x 4 planes with `cp.async` copies
-/// of each tap's weights into one of two buffers of packed operands, the taps unrolled; through
+/// shapes", "Weights staged in shared memory", "Asynchronous weight copies", "Register
+/// fragments" and "Tensor memory accelerator"): through CUDA, `conv_mma::conv3x3_mma_tma`
+/// where the device has Hopper's tensor memory accelerator (else `conv_mma::conv3x3_mma`, its
+/// copies by `cp.async`), 2 rows x 4 planes, each tap's weights copied into one of two buffers
+/// of packed operands, the taps in a loop (faster than unrolled with these copies); through
 /// wgpu (over Vulkan, whose 48 KiB of shared memory holds no more, and which has no
 /// asynchronous copies), `conv3x3_tiles`, 1 row x 4 planes, each unit fetching its share of the
 /// next tap's weights into registers before this tap's multiplies and storing it into the
@@ -82,7 +94,7 @@ fn has_register_mma<R: Runtime>(client: &ComputeClient<R>) -> bool {
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
-    unroll_taps: true,
+    unroll_taps: false,
     pad: 8,
     weights_shared: true,
     weights: WeightLayout::Packed,
@@ -90,6 +102,7 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     asynchronous: true,
     mma: true,
     double_buffered: false,
+    tma: true,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
@@ -102,6 +115,7 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     asynchronous: false,
     mma: false,
     double_buffered: true,
+    tma: false,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
@@ -111,7 +125,8 @@ pub const WGPU_SHAPE: TileShape = TileShape {
 /// `UPFRAME_CONV_WEIGHTS_SHARED` (0 or 1), `UPFRAME_CONV_WEIGHTS` (packed, padded or matrix),
 /// `UPFRAME_CONV_PREFETCH` (0 or 1), `UPFRAME_CONV_DOUBLE` (0 or 1: two weight buffers with the
 /// prefetch), `UPFRAME_CONV_ASYNC` (0 or 1; only where the device has asynchronous copies) and
-/// `UPFRAME_CONV_MMA` (0 or 1; only where it also runs `mma.sync`) override it for
+/// `UPFRAME_CONV_MMA` (0 or 1; only where it also runs `mma.sync`) and `UPFRAME_CONV_TMA` (0
+/// or 1; with `mma`, only where the device has a tensor memory accelerator) override it for
 /// measurements.
 fn tile_shape<R: Runtime>(
     client: &ComputeClient<R>,
@@ -150,6 +165,13 @@ fn tile_shape<R: Runtime>(
             && client.properties().features.copy_async,
         mma: knob("UPFRAME_CONV_MMA", preferred.mma as usize) != 0 && has_register_mma(client),
         double_buffered: knob("UPFRAME_CONV_DOUBLE", preferred.double_buffered as usize) != 0,
+        tma: knob("UPFRAME_CONV_TMA", preferred.tma as usize) != 0 && has_tma(client),
+    };
+    // One box a side holds at most 256 elements: the halo's pixel, a tap's weight rows.
+    let boxes_fit = cin + asked.pad <= 256 && cin * cout <= 256 * conv_mma::WEIGHT_ROW;
+    let asked = TileShape {
+        tma: asked.tma && asked.mma && boxes_fit,
+        ..asked
     };
     let limit = client.properties().hardware.max_shared_memory_size;
     let fits = |shape: &TileShape| shape.shared_bytes(cin, cout) <= limit;
@@ -183,10 +205,23 @@ impl<R: Runtime> Engine<R> {
             && net.layers[1..]
                 .iter()
                 .all(|l| l.cin % 16 == 0 && l.cout % 16 == 0);
+        let widest = |f: fn(&super::srvgg::Layer) -> usize| {
+            net.layers[1..].iter().map(f).max().unwrap_or(16)
+        };
+        let preferred = shape;
+        let shape = tile_shape(&client, shape, widest(|l| l.cin), widest(|l| l.cout));
         let floats = |v: &[f32]| client.create_from_slice(f32::as_bytes(v));
         let halves = |v: &[f32]| {
             let v: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
             client.create_from_slice(f16::as_bytes(&v))
+        };
+        let operands = |l: &super::srvgg::Layer| {
+            let fragments = conv::fragment_weights(&l.weight, l.cin, l.cout);
+            if shape.tma {
+                conv_mma::swizzled_operands(&fragments)
+            } else {
+                fragments
+            }
         };
         let layers = net
             .layers
@@ -198,7 +233,7 @@ impl<R: Runtime> Engine<R> {
                 // The head reads f32 weights; the rest read the storage type.
                 weight: match (i, precision) {
                     (0, _) | (_, Precision::F32) => floats(&l.weight),
-                    _ if tensor_cores => halves(&conv::fragment_weights(&l.weight, l.cin, l.cout)),
+                    _ if tensor_cores => halves(&operands(l)),
                     _ => halves(&l.weight),
                 },
                 bias: floats(&l.bias),
@@ -206,11 +241,6 @@ impl<R: Runtime> Engine<R> {
                 prelu: l.slopes.is_some(),
             })
             .collect();
-        let widest = |f: fn(&super::srvgg::Layer) -> usize| {
-            net.layers[1..].iter().map(f).max().unwrap_or(16)
-        };
-        let preferred = shape;
-        let shape = tile_shape(&client, shape, widest(|l| l.cin), widest(|l| l.cout));
         Self {
             preferred,
             client,
@@ -360,28 +390,85 @@ impl<R: Runtime> Engine<R> {
                             ArrayArg::from_raw_parts(y.clone(), pixels * cout / 2),
                         )
                     };
-                    unsafe {
-                        conv_mma::conv3x3_mma::launch_unchecked::<R>(
-                            client,
-                            count,
-                            dim,
-                            input,
-                            weight,
-                            bias,
-                            slope,
-                            output,
-                            h,
-                            w,
-                            cin,
-                            cout,
-                            shape.rows,
-                            shape.planes,
-                            shape.unroll_taps,
-                            shape.pad,
-                            layer.prelu,
-                            batched,
-                        )
-                    };
+                    if shape.tma {
+                        let halo = [1, shape.planes * shape.rows + 2, TILE_X as usize + 2];
+                        let tensor_map = |handle: &Handle, shape: Vec<usize>, box_: Vec<usize>| {
+                            let mut strides = vec![1; shape.len()];
+                            for d in (0..shape.len() - 1).rev() {
+                                strides[d] = strides[d + 1] * shape[d + 1];
+                            }
+                            TensorMapArg::new(
+                                TiledArgs {
+                                    tile_size: box_.into(),
+                                },
+                                // Safety: `handle` holds the product of `shape` halves.
+                                unsafe {
+                                    TensorArg::from_raw_parts(
+                                        handle.clone(),
+                                        strides.into(),
+                                        shape.into(),
+                                    )
+                                },
+                                f16::as_type_native_unchecked(),
+                            )
+                        };
+                        let map = tensor_map(
+                            &x,
+                            vec![frames, height, width, cin],
+                            vec![halo[0], halo[1], halo[2], cin + shape.pad],
+                        );
+                        let rows = cin * cout / conv_mma::WEIGHT_ROW;
+                        let weight = tensor_map(
+                            &layer.weight,
+                            vec![9, rows, conv_mma::WEIGHT_ROW],
+                            vec![1, rows, conv_mma::WEIGHT_ROW],
+                        );
+                        unsafe {
+                            conv_mma::conv3x3_mma_tma::launch_unchecked::<R>(
+                                client,
+                                count,
+                                dim,
+                                map,
+                                weight,
+                                bias,
+                                slope,
+                                output,
+                                h,
+                                w,
+                                cin,
+                                cout,
+                                shape.rows,
+                                shape.planes,
+                                shape.unroll_taps,
+                                shape.pad,
+                                layer.prelu,
+                                batched,
+                            )
+                        };
+                    } else {
+                        unsafe {
+                            conv_mma::conv3x3_mma::launch_unchecked::<R>(
+                                client,
+                                count,
+                                dim,
+                                input,
+                                weight,
+                                bias,
+                                slope,
+                                output,
+                                h,
+                                w,
+                                cin,
+                                cout,
+                                shape.rows,
+                                shape.planes,
+                                shape.unroll_taps,
+                                shape.pad,
+                                layer.prelu,
+                                batched,
+                            )
+                        };
+                    }
                 } else if shape.asynchronous {
                     unsafe {
                         conv::conv3x3_tiles_async::launch_unchecked::<R>(
@@ -563,6 +650,13 @@ impl<R: Runtime> Fused for Engine<R> {
             }
             if s.pad != p.pad {
                 variants += &format!(", channels padded by {}", s.pad);
+            }
+            if s.tma != p.tma {
+                variants += if s.tma {
+                    ", copies by the tensor memory accelerator"
+                } else {
+                    ", copies by every unit"
+                };
             }
             if s.mma != p.mma {
                 variants += if s.mma {
