@@ -6,7 +6,6 @@
 
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::barrier::Barrier;
-use cubecl::prelude::{TensorMap, Tiled};
 use cubecl::prelude::*;
 use half::f16;
 
@@ -272,7 +271,9 @@ pub fn conv3x3_mma(
             rows,
         );
     }
-    store_registers(&acc, &slopes, output, place, width, height, cout, rows, prelu);
+    store_registers(
+        &acc, &slopes, output, place, width, height, cout, rows, prelu,
+    );
 }
 
 /// The weights of `conv::fragment_weights` in the order `conv3x3_mma` stages them (rows 4-7 and
@@ -339,6 +340,7 @@ pub fn conv3x3_mma_tma(
     #[comptime] batched: bool,
 ) {
     let tile_y = comptime![planes * rows];
+    let units = comptime![32 * planes];
     let buffer = comptime![cin / 16 * cout / 16 * 32];
     let halo_size = comptime![halo_vectors(tile_y, cin, pad)];
     let place = tile_place(width, height, tile_y, batched);
@@ -369,7 +371,7 @@ pub fn conv3x3_mma_tma(
     }
     // Seen by every unit once the first tap's barrier completes.
     let mut slopes = SharedMemory::<Float2>::new(comptime![cout / 2]);
-    stage_slopes(slope, &mut slopes, place.unit, cout, comptime![32 * planes]);
+    stage_slopes(slope, &mut slopes, place.unit, cout, units);
     let mut acc = bias_accumulators(bias, place.lane, rows, cout);
 
     #[unroll(unroll_taps)]
@@ -402,7 +404,9 @@ pub fn conv3x3_mma_tma(
             rows,
         );
     }
-    store_registers(&acc, &slopes, output, place, width, height, cout, rows, prelu);
+    store_registers(
+        &acc, &slopes, output, place, width, height, cout, rows, prelu,
+    );
 }
 
 #[cfg(test)]

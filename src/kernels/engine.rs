@@ -80,6 +80,30 @@ fn has_tma<R: Runtime>(client: &ComputeClient<R>) -> bool {
         .contains(cubecl::ir::features::Tma::Base)
 }
 
+/// A tiled tensor map over `handle`, a contiguous tensor of halves shaped `shape` (outermost
+/// first), copied `box_` elements at a time.
+///
+/// # Safety
+/// `handle` must hold at least the product of `shape` halves.
+unsafe fn half_tensor_map<R: Runtime>(
+    handle: &Handle,
+    shape: Vec<usize>,
+    box_: Vec<usize>,
+) -> TensorMapArg<R, Tiled> {
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len() - 1).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let tensor = unsafe { TensorArg::from_raw_parts(handle.clone(), strides.into(), shape.into()) };
+    TensorMapArg::new(
+        TiledArgs {
+            tile_size: box_.into(),
+        },
+        tensor,
+        f16::as_type_native_unchecked(),
+    )
+}
+
 /// The tensor-core convolution's tile shapes measured best on an H200 (BENCHMARKS.md, "Tile
 /// shapes", "Weights staged in shared memory", "Asynchronous weight copies", "Register
 /// fragments" and "Tensor memory accelerator"): through CUDA, `conv_mma::conv3x3_mma_tma`
@@ -392,37 +416,23 @@ impl<R: Runtime> Engine<R> {
                     };
                     if shape.tma {
                         let halo = [1, shape.planes * shape.rows + 2, TILE_X as usize + 2];
-                        let tensor_map = |handle: &Handle, shape: Vec<usize>, box_: Vec<usize>| {
-                            let mut strides = vec![1; shape.len()];
-                            for d in (0..shape.len() - 1).rev() {
-                                strides[d] = strides[d + 1] * shape[d + 1];
-                            }
-                            TensorMapArg::new(
-                                TiledArgs {
-                                    tile_size: box_.into(),
-                                },
-                                // Safety: `handle` holds the product of `shape` halves.
-                                unsafe {
-                                    TensorArg::from_raw_parts(
-                                        handle.clone(),
-                                        strides.into(),
-                                        shape.into(),
-                                    )
-                                },
-                                f16::as_type_native_unchecked(),
+                        let rows = cin * cout / conv_mma::WEIGHT_ROW;
+                        // Safety: `x` holds the layer's input, frames × height × width × cin
+                        // halves; the weights 9 taps of cin × cout.
+                        let (map, weight) = unsafe {
+                            (
+                                half_tensor_map(
+                                    &x,
+                                    vec![frames, height, width, cin],
+                                    vec![halo[0], halo[1], halo[2], cin + shape.pad],
+                                ),
+                                half_tensor_map(
+                                    &layer.weight,
+                                    vec![9, rows, conv_mma::WEIGHT_ROW],
+                                    vec![1, rows, conv_mma::WEIGHT_ROW],
+                                ),
                             )
                         };
-                        let map = tensor_map(
-                            &x,
-                            vec![frames, height, width, cin],
-                            vec![halo[0], halo[1], halo[2], cin + shape.pad],
-                        );
-                        let rows = cin * cout / conv_mma::WEIGHT_ROW;
-                        let weight = tensor_map(
-                            &layer.weight,
-                            vec![9, rows, conv_mma::WEIGHT_ROW],
-                            vec![1, rows, conv_mma::WEIGHT_ROW],
-                        );
                         unsafe {
                             conv_mma::conv3x3_mma_tma::launch_unchecked::<R>(
                                 client,
