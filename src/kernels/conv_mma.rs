@@ -315,6 +315,36 @@ fn copy_tap_weights(
     );
 }
 
+/// One tap's turn in `conv3x3_mma_tma`, as `conv::next_tap_weights` is in `conv3x3_mma`:
+/// waits until tap `tap`'s weights have landed in buffer `tap % 2` and every unit has finished
+/// the tap before, has unit 0 box tap `tap + 1`'s weights into the other buffer, which is now
+/// free, and returns where tap `tap`'s buffer starts.
+#[cube]
+fn next_tap_box(
+    weight: &TensorMap<f16, Tiled>,
+    staged: &mut SharedMemory<Half8>,
+    ready_even: &Barrier,
+    ready_odd: &Barrier,
+    tap: usize,
+    unit: usize,
+    #[comptime] buffer: usize,
+) -> usize {
+    let current = tap % 2;
+    let next = (1 - current) * buffer;
+    if current == 0 {
+        ready_even.arrive_and_wait();
+        if tap < 8 && unit == 0 {
+            copy_tap_weights(weight, staged, ready_odd, tap + 1, next, buffer);
+        }
+    } else {
+        ready_odd.arrive_and_wait();
+        if unit == 0 {
+            copy_tap_weights(weight, staged, ready_even, tap + 1, next, buffer);
+        }
+    }
+    current * buffer
+}
+
 /// `conv3x3_mma` with its copies made by Hopper's tensor memory accelerator: one unit copies
 /// the halo as one box of the input's tensor map (frame, row, column, channel; zeros outside
 /// the picture, and in the `pad` channels past `cin`, which the box reads beyond the tensor's
@@ -376,20 +406,15 @@ pub fn conv3x3_mma_tma(
 
     #[unroll(unroll_taps)]
     for tap in 0..9usize {
-        let current = tap % 2;
-        let next = (1 - current) * buffer;
-        if current == 0 {
-            ready_even.arrive_and_wait();
-            if tap < 8 && place.unit == 0 {
-                copy_tap_weights(weight, &mut staged, &ready_odd, tap + 1, next, buffer);
-            }
-        } else {
-            ready_odd.arrive_and_wait();
-            if place.unit == 0 {
-                copy_tap_weights(weight, &mut staged, &ready_even, tap + 1, next, buffer);
-            }
-        }
-        let start = current * buffer;
+        let start = next_tap_box(
+            weight,
+            &mut staged,
+            &ready_even,
+            &ready_odd,
+            tap,
+            place.unit,
+            buffer,
+        );
         multiply_tap_mma(
             &halo,
             &staged.slice(start, start + buffer),
