@@ -555,6 +555,7 @@ pub fn conv3x3_tiles(
     #[comptime] weight_row: usize,
     #[comptime] prefetch: bool,
     #[comptime] double_buffered: bool,
+    #[comptime] wide_epilogue: bool,
     #[comptime] prelu: bool,
     #[comptime] batched: bool,
 ) {
@@ -565,10 +566,15 @@ pub fn conv3x3_tiles(
     // Two weight buffers only with the prefetch; their f16 stage then replaces the f32 one.
     let double_buffered = comptime![double_buffered && weights_shared && prefetch];
     let buffer = comptime![staged_halves(cin, cout, weight_row) / 8];
+    let wide =
+        comptime![wide_epilogue && wide_stage_fits(planes, cin, cout, weight_row, weights_shared)];
 
     let mut halo = SharedMemory::<Half8>::new(comptime![halo_vectors(tile_y, cin, pad)]);
-    let mut stage =
-        SharedMemory::<Float4>::new(comptime![if double_buffered { 1 } else { planes * 64 }]);
+    let mut stage = SharedMemory::<Float4>::new(comptime![if double_buffered || wide {
+        1
+    } else {
+        planes * 64
+    }]);
     let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
     let staged_vectors = comptime![match (weights_shared, double_buffered) {
         (true, true) => 2 * buffer,
@@ -695,7 +701,29 @@ pub fn conv3x3_tiles(
             );
         }
     }
-    if comptime![double_buffered] {
+    if comptime![wide] {
+        // With two buffers, tap 8 read buffer 0 and buffer 1 has been free since the barrier
+        // that ended tap 7; with one, every plane must first be done with tap 8.
+        let mut start = 0usize;
+        if comptime![double_buffered] {
+            start = buffer;
+        } else {
+            sync_cube();
+        }
+        store_tile_wide(
+            &acc,
+            &mut staged,
+            start,
+            &epilogue,
+            output,
+            place,
+            width,
+            height,
+            cout,
+            rows,
+            prelu,
+        );
+    } else if comptime![double_buffered] {
         // Tap 8 read buffer 0; buffer 1 has been free since the barrier that ended tap 7.
         store_tile_halves(
             &acc,
@@ -772,6 +800,102 @@ fn store_tile_halves(
                 }
                 sync_plane();
             }
+        }
+    }
+}
+
+/// Whether `store_tile_wide`'s stage (16 pixels × `cout` + 8 halves a plane) fits in one
+/// buffer of staged weights.
+pub fn wide_stage_fits(
+    planes: usize,
+    cin: usize,
+    cout: usize,
+    weight_row: usize,
+    weights_shared: bool,
+) -> bool {
+    weights_shared && planes * 16 * (cout + 8) <= staged_halves(cin, cout, weight_row)
+}
+
+/// The epilogue through an f16 stage of 16 whole pixels a plane (from `stage_start` in
+/// `staged`, `cout` + 8 halves a pixel): the plane stores every output fragment of 16 pixels,
+/// then each lane finishes 16-byte vectors (bias, PReLU, f16) so that consecutive lanes write
+/// consecutive vectors of the output, 512 bytes a store. Where a pixel's vectors divide 32, a
+/// lane always finishes the same 8 channels and keeps their bias and slopes in registers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_tile_wide(
+    acc: &Sequence<cmma::Matrix<f32>>,
+    staged: &mut SharedMemory<Half8>,
+    stage_start: usize,
+    epilogue: &SharedMemory<f32>,
+    output: &mut Array<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] cout: usize,
+    #[comptime] rows: usize,
+    #[comptime] prelu: bool,
+) {
+    let m_frags = comptime![TILE_X as usize / 16];
+    let n_frags = comptime![cout / 16];
+    let vectors_out = comptime![cout / 8];
+    let stride = comptime![cout + 8];
+    let pixel_vectors = comptime![stride / 8];
+    let plane_vectors = comptime![16 * pixel_vectors];
+    let tile_vectors = comptime![16 * vectors_out];
+    let per_lane = comptime![tile_vectors.div_ceil(32)];
+    let fixed = comptime![32 % vectors_out == 0];
+    let w = width as usize;
+    let start = stage_start + place.plane * plane_vectors;
+    let mut terms = Array::<f32>::new(16usize);
+    if comptime![fixed] {
+        let first = (place.lane % vectors_out) * 8;
+        #[unroll]
+        for j in 0..8usize {
+            terms[j] = epilogue[first + j];
+            terms[8 + j] = epilogue[cout + first + j];
+        }
+    }
+    #[unroll]
+    for r in 0..rows {
+        let y = place.y0 as usize + place.plane * rows + r;
+        #[unroll]
+        for mf in 0..m_frags {
+            #[unroll]
+            for nf in 0..n_frags {
+                let sums = cmma::cast::<f32, f16>(acc.index((r * m_frags + mf) * n_frags + nf));
+                let at = start + nf * 2;
+                cmma::store(
+                    &mut staged.slice_mut(at, at + 15 * pixel_vectors + 2),
+                    &sums,
+                    stride as u32,
+                    cmma::MatrixLayout::RowMajor,
+                );
+            }
+            sync_plane();
+            #[unroll]
+            for i in 0..per_lane {
+                let index = i * 32 + place.lane;
+                let px = index / vectors_out;
+                let v = index % vectors_out;
+                let x = place.x0 as usize + mf * 16 + px;
+                if index < tile_vectors && x < w && y < height as usize {
+                    let sums = staged[start + px * pixel_vectors + v];
+                    let mut out = Half8::new(f16::new(0.0));
+                    #[unroll]
+                    for j in 0..8usize {
+                        let (bias, slope) = if comptime![fixed] {
+                            (terms[j], terms[8 + j])
+                        } else {
+                            (epilogue[v * 8 + j], epilogue[cout + v * 8 + j])
+                        };
+                        let value = f32::cast_from(sums[j]) + bias;
+                        out[j] = f16::cast_from(prelu_if(value, slope, prelu));
+                    }
+                    output[(place.frame_start + y * w + x) * vectors_out + v] = out;
+                }
+            }
+            sync_plane();
         }
     }
 }
@@ -992,7 +1116,8 @@ pub(super) fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
 /// in a loop or unrolled) in its place, and with `tma` `conv_mma::conv3x3_mma_tma` (Hopper's
 /// tensor memory accelerator copies the halo and each tap's weights, each with one instruction).
 /// `double_buffered` (synchronous kernel with the prefetch) stages taps in two buffers, one
-/// barrier a tap.
+/// barrier a tap. `wide_epilogue` (synchronous kernel, weights staged) stores the outputs
+/// through `store_tile_wide` where its stage fits in a weight buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     pub rows: usize,
@@ -1006,6 +1131,7 @@ pub struct TileShape {
     pub mma: bool,
     pub double_buffered: bool,
     pub tma: bool,
+    pub wide_epilogue: bool,
 }
 
 /// How a tap's weights lie in shared memory (`operand_vector`).
@@ -1064,6 +1190,20 @@ impl TileShape {
         }
     }
 
+    /// Whether `conv3x3_tiles` takes `store_tile_wide` with this shape.
+    pub fn wide_stage_fits(&self, cin: usize, cout: usize) -> bool {
+        self.wide_epilogue
+            && !self.asynchronous
+            && !self.mma
+            && wide_stage_fits(
+                self.planes,
+                cin,
+                cout,
+                self.weight_row(cout),
+                self.weights_shared,
+            )
+    }
+
     /// Shared memory one cube uses for `cin` input channels and `cout` outputs.
     pub fn shared_bytes(&self, cin: usize, cout: usize) -> usize {
         let halo = halo_vectors(self.planes * self.rows, cin, self.pad) * 16;
@@ -1077,6 +1217,7 @@ impl TileShape {
         let (staged, stage) = match (self.asynchronous, self.weights_shared, double) {
             (true, _, _) => (2 * buffer + 16, self.planes * 1024),
             (false, true, true) => (2 * buffer, 16),
+            (false, true, false) if self.wide_stage_fits(cin, cout) => (buffer, 16),
             (false, true, false) => (buffer, self.planes * 1024),
             (false, false, _) => (16, self.planes * 1024),
         };

@@ -114,7 +114,8 @@ unsafe fn half_tensor_map<R: Runtime>(
 /// asynchronous copies), `conv3x3_tiles`, 1 row x 4 planes, each unit fetching its share of the
 /// next tap's weights into registers before this tap's multiplies and storing it into the
 /// second of two buffers (one matrix with padded rows, the only layout two of which fit), one
-/// barrier a tap. Both pad a pixel's channels by 8 halves.
+/// barrier a tap, its outputs stored 16 pixels at a time through the free buffer. Both pad a
+/// pixel's channels by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
@@ -127,6 +128,7 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     mma: true,
     double_buffered: false,
     tma: true,
+    wide_epilogue: false,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
@@ -140,6 +142,7 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     mma: false,
     double_buffered: true,
     tma: false,
+    wide_epilogue: true,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
@@ -150,7 +153,8 @@ pub const WGPU_SHAPE: TileShape = TileShape {
 /// `UPFRAME_CONV_PREFETCH` (0 or 1), `UPFRAME_CONV_DOUBLE` (0 or 1: two weight buffers with the
 /// prefetch), `UPFRAME_CONV_ASYNC` (0 or 1; only where the device has asynchronous copies) and
 /// `UPFRAME_CONV_MMA` (0 or 1; only where it also runs `mma.sync`) and `UPFRAME_CONV_TMA` (0
-/// or 1; with `mma`, only where the device has a tensor memory accelerator) override it for
+/// or 1; with `mma`, only where the device has a tensor memory accelerator) and
+/// `UPFRAME_CONV_WIDE` (0 or 1: `conv3x3_tiles` stores 16 pixels at a time) override it for
 /// measurements.
 fn tile_shape<R: Runtime>(
     client: &ComputeClient<R>,
@@ -190,6 +194,7 @@ fn tile_shape<R: Runtime>(
         mma: knob("UPFRAME_CONV_MMA", preferred.mma as usize) != 0 && has_register_mma(client),
         double_buffered: knob("UPFRAME_CONV_DOUBLE", preferred.double_buffered as usize) != 0,
         tma: knob("UPFRAME_CONV_TMA", preferred.tma as usize) != 0 && has_tma(client),
+        wide_epilogue: knob("UPFRAME_CONV_WIDE", preferred.wide_epilogue as usize) != 0,
     };
     // One box a side holds at most 256 elements: the halo's pixel, a tap's weight rows.
     let boxes_fit = cin + asked.pad <= 256 && cin * cout <= 256 * conv_mma::WEIGHT_ROW;
@@ -526,6 +531,7 @@ impl<R: Runtime> Engine<R> {
                             shape.weight_row(cout),
                             shape.prefetch,
                             shape.double_buffered,
+                            shape.wide_epilogue,
                             layer.prelu,
                             batched,
                         )
@@ -694,6 +700,13 @@ impl<R: Runtime> Fused for Engine<R> {
                     ", two weight buffers"
                 } else {
                     ", one weight buffer"
+                };
+            }
+            if s.wide_epilogue != p.wide_epilogue && !s.asynchronous && !s.mma {
+                variants += if s.wide_epilogue {
+                    ", outputs stored 16 pixels at a time"
+                } else {
+                    ", outputs stored a fragment at a time"
                 };
             }
             if s.weights != p.weights {
