@@ -20,8 +20,11 @@ fn main() -> ExitCode {
     if std::env::var_os("UPFRAME_DEBUG").is_none() {
         std::panic::set_hook(Box::new(|_| {}));
     }
-    let _ = ctrlc::set_handler(|| {
-        if upframe_interrupted_twice() {
+    // A job stops at the next frame and removes its partial output; a benchmark writes nothing
+    // before it ends, so it stops at once.
+    let benchmarking = matches!(cli.command, Some(Command::Bench(_)));
+    let _ = ctrlc::set_handler(move || {
+        if benchmarking || upframe_interrupted_twice() {
             std::process::exit(130);
         }
         upframe::interrupt();

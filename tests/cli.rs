@@ -308,3 +308,34 @@ fn a_bad_option_is_a_usage_error() {
     let out = upframe(&["in.png"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_stops_at_the_first_ctrl_c() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    // Thousands of runs on the CPU: minutes, unless the interruption ends it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upframe"))
+        .args(["bench", "--backend", "cpu", "-n", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("bench kept running 20 s after one Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+}
