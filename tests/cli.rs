@@ -6,7 +6,7 @@ use std::path::Path;
 use image::{GenericImageView, ImageBuffer, Rgba};
 
 mod common;
-use common::{expect_failure, p, stderr, upframe};
+use common::{expect_failure, p, send_ctrl_c, stderr, upframe};
 
 /// Nothing but the listed files in `dir`: no output, no temporary left over.
 fn assert_only(dir: &Path, expected: &[&str]) {
@@ -321,11 +321,7 @@ fn bench_stops_at_the_first_ctrl_c() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    send_ctrl_c(&child);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{expect_failure, frame_times, p, run_ok, stderr, upframe, Clip};
+use common::{expect_failure, frame_times, p, run_ok, send_ctrl_c, stderr, upframe, Clip};
 
 fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg")
@@ -881,11 +881,7 @@ fn ctrl_c_exits_130_and_leaves_no_file() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_ctrl_c(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(!output.exists());

@@ -3,13 +3,22 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 pub fn upframe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_upframe"))
         .args(args)
         .output()
         .expect("run upframe")
+}
+
+/// Sends SIGINT, as Ctrl-C in a terminal does.
+pub fn send_ctrl_c(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
 }
 
 pub fn stderr(out: &Output) -> String {
