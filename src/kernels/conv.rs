@@ -1190,20 +1190,6 @@ impl TileShape {
         }
     }
 
-    /// Whether `conv3x3_tiles` takes `store_tile_wide` with this shape.
-    pub fn wide_stage_fits(&self, cin: usize, cout: usize) -> bool {
-        self.wide_epilogue
-            && !self.asynchronous
-            && !self.mma
-            && wide_stage_fits(
-                self.planes,
-                cin,
-                cout,
-                self.weight_row(cout),
-                self.weights_shared,
-            )
-    }
-
     /// Shared memory one cube uses for `cin` input channels and `cout` outputs.
     pub fn shared_bytes(&self, cin: usize, cout: usize) -> usize {
         let halo = halo_vectors(self.planes * self.rows, cin, self.pad) * 16;
@@ -1217,7 +1203,13 @@ impl TileShape {
         let (staged, stage) = match (self.asynchronous, self.weights_shared, double) {
             (true, _, _) => (2 * buffer + 16, self.planes * 1024),
             (false, true, true) => (2 * buffer, 16),
-            (false, true, false) if self.wide_stage_fits(cin, cout) => (buffer, 16),
+            // `store_tile_wide` stages in the weight buffer: no f32 stage.
+            (false, true, false)
+                if self.wide_epilogue
+                    && wide_stage_fits(self.planes, cin, cout, self.weight_row(cout), true) =>
+            {
+                (buffer, 16)
+            }
             (false, true, false) => (buffer, self.planes * 1024),
             (false, false, _) => (16, self.planes * 1024),
         };
@@ -1299,5 +1291,34 @@ pub fn tail<F: Float>(
         if comptime![packed] {
             rgb[index] = word;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::engine::WGPU_SHAPE;
+
+    /// Vulkan's 48 KiB a workgroup, against the shapes BENCHMARKS.md measured there (64 channels
+    /// in and out): the default fits, and 2 rows x 3 planes with one weight buffer fits only
+    /// because `store_tile_wide` stages in that buffer instead of an f32 stage.
+    #[test]
+    fn vulkan_shapes_fit_48_kib_as_measured() {
+        let limit = 48 * 1024;
+        assert!(WGPU_SHAPE.shared_bytes(64, 64) <= limit);
+        let two_by_three = TileShape {
+            rows: 2,
+            planes: 3,
+            double_buffered: false,
+            ..WGPU_SHAPE
+        };
+        assert!(two_by_three.shared_bytes(64, 64) <= limit);
+        let without_wide = TileShape {
+            wide_epilogue: false,
+            ..two_by_three
+        };
+        assert!(without_wide.shared_bytes(64, 64) > limit);
+        // The last layer's 48 outputs: the stage still fits in its buffer.
+        assert!(wide_stage_fits(4, 64, 48, 48 + 8, true));
     }
 }
