@@ -171,7 +171,7 @@ fn bench_on<B: Backend>(
         };
         let generic_ok = crate::resolve_precision::<B>(asked, info, device).is_ok();
         let fused = match plan.kernels {
-            Kernels::Auto => kernels::fused_for(&model.graph, precision, device),
+            Kernels::Auto => kernels::fused_for_timing(&model.graph, precision, device),
             Kernels::Generic => None,
         };
         let net = Network::<B>::new(model.graph.clone(), precision, device);
@@ -255,7 +255,7 @@ fn side_by_side<D: std::any::Any + Sync>(
     time: impl Fn(&dyn kernels::Fused) -> Vec<Duration> + Sync,
 ) -> (Vec<Duration>, Option<u64>) {
     let engines: Vec<_> = (0..streams)
-        .filter_map(|_| kernels::fused_for(graph, precision, device))
+        .filter_map(|_| kernels::fused_for_timing(graph, precision, device))
         .collect();
     let start = std::sync::Barrier::new(engines.len());
     std::thread::scope(|scope| {

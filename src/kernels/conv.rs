@@ -244,41 +244,132 @@ pub(super) fn load_halo(
     #[comptime] units: usize,
     #[comptime] asynchronous: bool,
 ) {
-    let halo_w = comptime![TILE_X as usize + 2];
-    let halo_pixels = comptime![(tile_y + 2) * halo_w];
-    let vectors_in = comptime![cin / 8];
-    let pixel_vectors = comptime![(cin + pad) / 8];
-    let loads = comptime![(halo_pixels * vectors_in).div_ceil(units)];
-    let halves = comptime![8u32];
-    let w = width as usize;
-    #[unroll]
-    for load in 0..loads {
-        let i = load * units + place.unit;
-        if i < halo_pixels * vectors_in {
-            let c = i % vectors_in;
-            let pixel = i / vectors_in;
-            let sx = place.x0 + (pixel % halo_w) as i32 - 1;
-            let sy = place.y0 + (pixel / halo_w) as i32 - 1;
-            let inside = sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32;
-            let to = pixel * pixel_vectors + c;
-            let mut from = 0usize;
-            if inside {
-                from = (place.frame_start + sy as usize * w + sx as usize) * vectors_in + c;
-            }
-            if comptime![asynchronous] {
-                let len = usize::cast_from(inside);
+    if comptime![asynchronous] {
+        let halo_pixels = comptime![(tile_y + 2) * (TILE_X as usize + 2)];
+        let vectors = comptime![halo_pixels * cin / 8];
+        let halves = comptime![8u32];
+        #[unroll]
+        for load in 0..comptime![vectors.div_ceil(units)] {
+            let i = load * units + place.unit;
+            if i < vectors {
+                let v = halo_vector(i, place, width, height, cin, pad, 0usize);
+                let len = usize::cast_from(v.inside);
                 copy_async_checked(
-                    &input.slice(from, from + len),
-                    &mut halo.slice_mut(to, to + 1),
+                    &input.slice(v.from, v.from + len),
+                    &mut halo.slice_mut(v.to, v.to + 1),
                     halves,
                 );
-            } else {
-                let mut v = Half8::new(f16::new(0.0));
-                if inside {
-                    v = input[from];
-                }
-                halo[to] = v;
             }
+        }
+    } else {
+        let rows = fetch_halo_rows(
+            input,
+            place,
+            width,
+            height,
+            cin,
+            pad,
+            0usize,
+            tile_y + 2,
+            units,
+        );
+        put_halo_rows(&rows, halo, place, cin, pad, 0usize, tile_y + 2, units);
+    }
+}
+
+/// Where vector `i` of the halo from row `first_row` on lies in shared memory (`to`) and in
+/// `input` (`from`, where `inside` the picture).
+#[derive(CubeType, Clone, Copy)]
+pub(super) struct HaloVector {
+    to: usize,
+    from: usize,
+    inside: bool,
+}
+
+#[cube]
+fn halo_vector(
+    i: usize,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] cin: usize,
+    #[comptime] pad: usize,
+    #[comptime] first_row: usize,
+) -> HaloVector {
+    let halo_w = comptime![TILE_X as usize + 2];
+    let vectors_in = comptime![cin / 8];
+    let pixel_vectors = comptime![(cin + pad) / 8];
+    let c = i % vectors_in;
+    let pixel = i / vectors_in + comptime![first_row * halo_w];
+    let sx = place.x0 + (pixel % halo_w) as i32 - 1;
+    let sy = place.y0 + (pixel / halo_w) as i32 - 1;
+    let inside = sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32;
+    let mut from = 0usize;
+    if inside {
+        from = (place.frame_start + sy as usize * width as usize + sx as usize) * vectors_in + c;
+    }
+    HaloVector {
+        to: pixel * pixel_vectors + c,
+        from,
+        inside,
+    }
+}
+
+/// This unit's share of `rows` halo rows from `first_row` on, loaded into registers (zeros
+/// outside the picture).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fetch_halo_rows(
+    input: &Array<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] cin: usize,
+    #[comptime] pad: usize,
+    #[comptime] first_row: usize,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+) -> Sequence<Half8> {
+    let vectors = comptime![rows * (TILE_X as usize + 2) * cin / 8];
+    let mut fetched = Sequence::<Half8>::new();
+    #[unroll]
+    for load in 0..comptime![vectors.div_ceil(units)] {
+        let i = load * units + place.unit;
+        let mut value = Half8::new(f16::new(0.0));
+        if i < vectors {
+            let v = halo_vector(i, place, width, height, cin, pad, first_row);
+            if v.inside {
+                value = input[v.from];
+            }
+        }
+        fetched.push(value);
+    }
+    fetched
+}
+
+/// Stores what `fetch_halo_rows` fetched into the halo.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn put_halo_rows(
+    fetched: &Sequence<Half8>,
+    halo: &mut SharedMemory<Half8>,
+    place: TilePlace,
+    #[comptime] cin: usize,
+    #[comptime] pad: usize,
+    #[comptime] first_row: usize,
+    #[comptime] rows: usize,
+    #[comptime] units: usize,
+) {
+    let halo_w = comptime![TILE_X as usize + 2];
+    let vectors_in = comptime![cin / 8];
+    let pixel_vectors = comptime![(cin + pad) / 8];
+    let vectors = comptime![rows * halo_w * vectors_in];
+    #[unroll]
+    for load in 0..comptime![vectors.div_ceil(units)] {
+        let i = load * units + place.unit;
+        if i < vectors {
+            let pixel = i / vectors_in + comptime![first_row * halo_w];
+            halo[pixel * pixel_vectors + i % vectors_in] = *fetched.index(load);
         }
     }
 }
@@ -380,8 +471,9 @@ fn f16_operand(#[comptime] ident: cmma::MatrixIdent) -> cmma::Matrix<f16> {
     }
 }
 
-/// Adds tap (`dy`, `dx`) to the plane's accumulators: its 16-pixel operands are the halo read
-/// from a shifted start; `weights` holds the tap's operands, `weight_row` halves a row.
+/// Adds part `part` of `splits` of tap (`dy`, `dx`) (that share of the input channels) to the
+/// plane's accumulators: its 16-pixel operands are the halo read from a shifted start; `weights`
+/// holds that part's operands, `weight_row` halves a row.
 #[cube]
 fn multiply_tap(
     halo: &SharedMemory<Half8>,
@@ -390,19 +482,22 @@ fn multiply_tap(
     plane: usize,
     dy: usize,
     dx: usize,
+    part: usize,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] pad: usize,
     #[comptime] rows: usize,
     #[comptime] weight_row: usize,
+    #[comptime] splits: usize,
 ) {
     let stride = comptime![cin + pad];
     let pixel_vectors = comptime![stride / 8];
     let halo_w = comptime![TILE_X as usize + 2];
     let m_frags = comptime![TILE_X as usize / 16];
     let n_frags = comptime![cout / 16];
-    let k_frags = comptime![cin / 16];
+    let k_frags = comptime![cin / 16 / splits];
     let row_vectors = comptime![weight_row / 8];
+    let first_channel_vector = part * k_frags * 2;
     #[unroll]
     for kf in 0..k_frags {
         let mut a = Sequence::<cmma::Matrix<f16>>::new();
@@ -411,7 +506,9 @@ fn multiply_tap(
             #[unroll]
             for mf in 0..m_frags {
                 let row = plane * rows + r;
-                let start = ((row + dy) * halo_w + mf * 16 + dx) * pixel_vectors + kf * 2;
+                let start = ((row + dy) * halo_w + mf * 16 + dx) * pixel_vectors
+                    + first_channel_vector
+                    + kf * 2;
                 let operand = f16_operand(cmma::MatrixIdent::A);
                 cmma::load(
                     &operand,
@@ -535,7 +632,10 @@ fn store_tile(
 /// computes `rows` rows of 32 pixels × every output channel. Weights come in fragment order
 /// (`fragment_weights`): each 16×16 operand is 512 contiguous bytes. With `weights_shared`, the
 /// whole cube stages each tap's weights in shared memory between two barriers; otherwise each
-/// plane reads its operands from global memory.
+/// plane reads its operands from global memory. With the prefetch, each tap's weights travel
+/// in `splits` parts (a share of the input channels each), so that a buffer is that much
+/// smaller. `ablate` (`Ablation`'s bits) leaves parts out, to time the rest: its results are
+/// wrong.
 #[cube(launch_unchecked)]
 pub fn conv3x3_tiles(
     input: &Array<Half8>,
@@ -556,6 +656,9 @@ pub fn conv3x3_tiles(
     #[comptime] prefetch: bool,
     #[comptime] double_buffered: bool,
     #[comptime] wide_epilogue: bool,
+    #[comptime] splits: usize,
+    #[comptime] late_halo: bool,
+    #[comptime] ablate: u32,
     #[comptime] prelu: bool,
     #[comptime] batched: bool,
 ) {
@@ -565,12 +668,24 @@ pub fn conv3x3_tiles(
     let place = tile_place(width, height, tile_y, batched);
     // Two weight buffers only with the prefetch; their f16 stage then replaces the f32 one.
     let double_buffered = comptime![double_buffered && weights_shared && prefetch];
-    let buffer = comptime![staged_halves(cin, cout, weight_row) / 8];
-    let wide =
-        comptime![wide_epilogue && wide_stage_fits(planes, cin, cout, weight_row, weights_shared)];
+    let splits = comptime![if weights_shared && prefetch {
+        splits
+    } else {
+        1
+    }];
+    let part_in = comptime![cin / splits];
+    let parts = comptime![9 * splits];
+    let buffer = comptime![staged_halves(part_in, cout, weight_row) / 8];
+    let halo_size = comptime![halo_vectors(tile_y, cin, pad)];
+    let wide_halves = comptime![wide_stage_halves(planes, cout)];
+    let wide_in_buffer = comptime![wide_epilogue && weights_shared && wide_halves <= buffer * 8];
+    let wide_in_halo = comptime![wide_epilogue && !wide_in_buffer && wide_halves <= halo_size * 8];
 
-    let mut halo = SharedMemory::<Half8>::new(comptime![halo_vectors(tile_y, cin, pad)]);
-    let mut stage = SharedMemory::<Float4>::new(comptime![if double_buffered || wide {
+    let mut halo = SharedMemory::<Half8>::new(halo_size);
+    let mut stage = SharedMemory::<Float4>::new(comptime![if double_buffered
+        || wide_in_buffer
+        || wide_in_halo
+    {
         1
     } else {
         planes * 64
@@ -583,9 +698,22 @@ pub fn conv3x3_tiles(
     }];
     let mut staged = SharedMemory::<Half8>::new(staged_vectors);
 
-    load_halo(
-        input, &mut halo, place, width, height, cin, pad, tile_y, units, false,
-    );
+    // With `late_halo`, the halo's last two rows, which the first row of taps (dy = 0) does
+    // not read, are loaded while those taps multiply.
+    let late_halo = comptime![late_halo && weights_shared && prefetch];
+    let (early_rows, late_rows) = comptime![if late_halo {
+        (tile_y, 2usize)
+    } else {
+        (tile_y + 2, 0usize)
+    }];
+    if comptime![ablate & Ablation::HALO == 0] {
+        let early = fetch_halo_rows(
+            input, place, width, height, cin, pad, 0usize, early_rows, units,
+        );
+        put_halo_rows(
+            &early, &mut halo, place, cin, pad, 0usize, early_rows, units,
+        );
+    }
     load_epilogue(bias, slope, &mut epilogue, place.unit, cout);
     if comptime![weights_shared && prefetch] {
         stage_weights(
@@ -594,7 +722,7 @@ pub fn conv3x3_tiles(
             0usize,
             0usize,
             place.unit,
-            cin,
+            part_in,
             cout,
             weight_row,
             units,
@@ -605,116 +733,218 @@ pub fn conv3x3_tiles(
     sync_cube();
     let acc = zero_accumulators(comptime![rows * TILE_X as usize / 16 * cout / 16]);
 
-    #[unroll(unroll_taps)]
-    for tap in 0..9usize {
-        if comptime![weights_shared && prefetch] {
-            // The next tap's weights travel into registers while this tap multiplies (the
-            // last tap fetches its own again, which costs one read and keeps the loop simple).
+    if comptime![weights_shared && prefetch] {
+        let late = fetch_halo_rows(
+            input, place, width, height, cin, pad, early_rows, late_rows, units,
+        );
+        #[unroll(unroll_taps)]
+        for step in 0..parts {
+            let tap = step / splits;
+            // The next part's weights travel into registers while this one multiplies (the
+            // last part fetches its own again, which costs one read and keeps the loop simple).
+            // (Timing without staging leaves these loads dead, so the compiler drops them.)
             let fetched = fetch_weights(
                 weight,
-                tap + usize::cast_from(tap < 8),
+                step + usize::cast_from(step + 1 < parts),
                 place.unit,
-                cin,
+                part_in,
                 cout,
                 units,
             );
-            // With two buffers, tap t reads buffer t % 2 while the other, last read at tap
-            // t - 1 (before the barrier that ended it), takes tap t + 1: one barrier a tap.
+            // With two buffers, part p reads buffer p % 2 while the other, last read at part
+            // p - 1 (before the barrier that ended it), takes part p + 1: one barrier a part.
             let mut current = 0usize;
             if comptime![double_buffered] {
-                current = tap % 2;
+                current = step % 2;
             }
             let start = current * buffer;
-            multiply_tap(
-                &halo,
-                &staged.slice(start, start + buffer),
-                &acc,
-                place.plane,
-                tap / 3,
-                tap % 3,
-                cin,
-                cout,
-                pad,
-                rows,
-                weight_row,
-            );
-            if tap < 8 {
-                if comptime![!double_buffered] {
+            if comptime![ablate & Ablation::PRODUCTS == 0] {
+                multiply_tap(
+                    &halo,
+                    &staged.slice(start, start + buffer),
+                    &acc,
+                    place.plane,
+                    tap / 3,
+                    tap % 3,
+                    step % splits,
+                    cin,
+                    cout,
+                    pad,
+                    rows,
+                    weight_row,
+                    splits,
+                );
+            }
+            if step + 1 < parts {
+                if comptime![!double_buffered && ablate & Ablation::BARRIERS == 0] {
                     sync_cube();
                 }
-                put_weights(
-                    &fetched,
+                if comptime![late_halo] {
+                    // The barrier below ends the first row of taps.
+                    if step + 1 == 3 * splits {
+                        put_halo_rows(
+                            &late, &mut halo, place, cin, pad, early_rows, late_rows, units,
+                        );
+                    }
+                }
+                if comptime![ablate & Ablation::STAGING == 0] {
+                    put_weights(
+                        &fetched,
+                        &mut staged,
+                        (1 - current) * buffer * usize::cast_from(double_buffered),
+                        place.unit,
+                        part_in,
+                        cout,
+                        weight_row,
+                        units,
+                    );
+                }
+                if comptime![ablate & Ablation::BARRIERS == 0] {
+                    sync_cube();
+                }
+            }
+        }
+    } else {
+        #[unroll(unroll_taps)]
+        for tap in 0..9usize {
+            if comptime![weights_shared] {
+                // Every plane is done with the previous tap's operands.
+                sync_cube();
+                stage_weights(
+                    weight,
                     &mut staged,
-                    (1 - current) * buffer * usize::cast_from(double_buffered),
+                    tap,
+                    0usize,
                     place.unit,
                     cin,
                     cout,
                     weight_row,
                     units,
+                    false,
+                    false,
                 );
                 sync_cube();
+                multiply_tap(
+                    &halo,
+                    &staged.to_slice(),
+                    &acc,
+                    place.plane,
+                    tap / 3,
+                    tap % 3,
+                    0usize,
+                    cin,
+                    cout,
+                    pad,
+                    rows,
+                    weight_row,
+                    1usize,
+                );
+            } else {
+                let start = tap * tap_vectors;
+                multiply_tap(
+                    &halo,
+                    &weight.slice(start, start + tap_vectors),
+                    &acc,
+                    place.plane,
+                    tap / 3,
+                    tap % 3,
+                    0usize,
+                    cin,
+                    cout,
+                    pad,
+                    rows,
+                    16usize,
+                    1usize,
+                );
             }
-        } else if comptime![weights_shared] {
-            // Every plane is done with the previous tap's operands.
-            sync_cube();
-            stage_weights(
-                weight,
-                &mut staged,
-                tap,
-                0usize,
-                place.unit,
-                cin,
-                cout,
-                weight_row,
-                units,
-                false,
-                false,
-            );
-            sync_cube();
-            multiply_tap(
-                &halo,
-                &staged.to_slice(),
-                &acc,
-                place.plane,
-                tap / 3,
-                tap % 3,
-                cin,
-                cout,
-                pad,
-                rows,
-                weight_row,
-            );
-        } else {
-            let start = tap * tap_vectors;
-            multiply_tap(
-                &halo,
-                &weight.slice(start, start + tap_vectors),
-                &acc,
-                place.plane,
-                tap / 3,
-                tap % 3,
-                cin,
-                cout,
-                pad,
-                rows,
-                16usize,
-            );
         }
     }
-    if comptime![wide] {
-        // With two buffers, tap 8 read buffer 0 and buffer 1 has been free since the barrier
-        // that ended tap 7; with one, every plane must first be done with tap 8.
-        let mut start = 0usize;
-        if comptime![double_buffered] {
-            start = buffer;
-        } else {
+    // With two buffers, the last part read buffer (parts - 1) % 2, and the other has been free
+    // since the barrier that ended the part before it; one buffer is free once every plane is
+    // done with the last part.
+    let free = comptime![if double_buffered {
+        (parts % 2) * buffer
+    } else {
+        0
+    }];
+    let finish = comptime![TileFinish {
+        free,
+        double_buffered,
+        wide_in_buffer,
+        wide_in_halo,
+        cout,
+        rows,
+        prelu,
+    }];
+    if comptime![ablate & Ablation::EPILOGUE == 0] {
+        finish_tile(
+            &acc,
+            &mut staged,
+            &mut halo,
+            &mut stage,
+            &epilogue,
+            output,
+            place,
+            width,
+            height,
+            finish,
+        );
+    } else if height == 0 {
+        // Never taken: it keeps the products alive when the epilogue is left out.
+        finish_tile(
+            &acc,
+            &mut staged,
+            &mut halo,
+            &mut stage,
+            &epilogue,
+            output,
+            place,
+            width,
+            height,
+            finish,
+        );
+    }
+}
+
+/// How `conv3x3_tiles` ends: where the outputs are staged (`free`: the weight buffer the last
+/// part left free), and the layer's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct TileFinish {
+    free: usize,
+    double_buffered: bool,
+    wide_in_buffer: bool,
+    wide_in_halo: bool,
+    cout: usize,
+    rows: usize,
+    prelu: bool,
+}
+
+/// Bias, PReLU and f16 stores of a `conv3x3_tiles` cube's sums, through the stage `finish` says.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn finish_tile(
+    acc: &Sequence<cmma::Matrix<f32>>,
+    staged: &mut SharedMemory<Half8>,
+    halo: &mut SharedMemory<Half8>,
+    stage: &mut SharedMemory<Float4>,
+    epilogue: &SharedMemory<f32>,
+    output: &mut Array<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] finish: TileFinish,
+) {
+    let (cout, rows, prelu) = comptime![(finish.cout, finish.rows, finish.prelu)];
+    if comptime![finish.wide_in_buffer] {
+        // With one buffer, every plane must first be done with the last part.
+        if comptime![!finish.double_buffered] {
             sync_cube();
         }
         store_tile_wide(
-            &acc,
-            &mut staged,
-            start,
-            &epilogue,
+            acc,
+            staged,
+            comptime![finish.free],
+            epilogue,
             output,
             place,
             width,
@@ -723,13 +953,18 @@ pub fn conv3x3_tiles(
             rows,
             prelu,
         );
-    } else if comptime![double_buffered] {
-        // Tap 8 read buffer 0; buffer 1 has been free since the barrier that ended tap 7.
+    } else if comptime![finish.wide_in_halo] {
+        // Every plane must first be done reading the halo.
+        sync_cube();
+        store_tile_wide(
+            acc, halo, 0usize, epilogue, output, place, width, height, cout, rows, prelu,
+        );
+    } else if comptime![finish.double_buffered] {
         store_tile_halves(
-            &acc,
-            &mut staged,
-            buffer,
-            &epilogue,
+            acc,
+            staged,
+            comptime![finish.free],
+            epilogue,
             output,
             place,
             width,
@@ -740,9 +975,25 @@ pub fn conv3x3_tiles(
         );
     } else {
         store_tile(
-            &acc, &mut stage, &epilogue, output, place, width, height, cout, rows, prelu,
+            acc, stage, epilogue, output, place, width, height, cout, rows, prelu,
         );
     }
+}
+
+/// Parts of `conv3x3_tiles` that `ablate` leaves out, one bit each, to time the rest.
+pub struct Ablation;
+
+impl Ablation {
+    /// No input tile loaded into shared memory.
+    pub const HALO: u32 = 1;
+    /// No weights staged after the first part (their loads then go unused).
+    pub const STAGING: u32 = 2;
+    /// No barrier between parts.
+    pub const BARRIERS: u32 = 4;
+    /// No tensor-core loads or products.
+    pub const PRODUCTS: u32 = 8;
+    /// No epilogue (bias, PReLU, stores).
+    pub const EPILOGUE: u32 = 16;
 }
 
 /// `store_tile` through an f16 stage (512 bytes a plane, from `stage_start` in `staged`): each
@@ -804,16 +1055,9 @@ fn store_tile_halves(
     }
 }
 
-/// Whether `store_tile_wide`'s stage (16 pixels × `cout` + 8 halves a plane) fits in one
-/// buffer of staged weights.
-pub fn wide_stage_fits(
-    planes: usize,
-    cin: usize,
-    cout: usize,
-    weight_row: usize,
-    weights_shared: bool,
-) -> bool {
-    weights_shared && planes * 16 * (cout + 8) <= staged_halves(cin, cout, weight_row)
+/// Halves of `store_tile_wide`'s stage: 16 pixels × `cout` + 8 a plane.
+pub fn wide_stage_halves(planes: usize, cout: usize) -> usize {
+    planes * 16 * (cout + 8)
 }
 
 /// The epilogue through an f16 stage of 16 whole pixels a plane (from `stage_start` in
@@ -1029,11 +1273,13 @@ pub fn conv3x3_tiles_async(
             place.plane,
             tap / 3,
             tap % 3,
+            0usize,
             cin,
             cout,
             pad,
             rows,
             weight_row,
+            1usize,
         );
     }
     store_tile(
@@ -1121,6 +1367,13 @@ pub(super) fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileShape {
     pub rows: usize,
+    /// Parts a tap's weights are staged in, with the prefetch (1, 2 or 4; a part is a share of
+    /// the input channels).
+    pub splits: usize,
+    /// `Ablation`'s bits: parts of the synchronous kernel left out, for timing only.
+    pub ablate: u32,
+    /// With the prefetch, the halo's last two rows are loaded during the first three taps.
+    pub late_halo: bool,
     pub planes: usize,
     pub unroll_taps: bool,
     pub pad: usize,
@@ -1198,22 +1451,39 @@ impl TileShape {
             let aligned = if self.tma { 256 } else { 0 };
             return halo + 2 * staged_halves(cin, cout, 16) * 2 + cout * 4 + 16 + aligned;
         }
-        let buffer = staged_halves(cin, cout, self.weight_row(cout)) * 2;
+        let f32_stage = self.planes * 1024;
+        if self.asynchronous {
+            let buffer = staged_halves(cin, cout, self.weight_row(cout)) * 2;
+            return halo + f32_stage + 2 * cout * 4 + 2 * buffer + 16;
+        }
+        let buffer = staged_halves(cin / self.splits_for(cin), cout, self.weight_row(cout)) * 2;
         let double = self.double_buffered && self.weights_shared && self.prefetch;
-        let (staged, stage) = match (self.asynchronous, self.weights_shared, double) {
-            (true, _, _) => (2 * buffer + 16, self.planes * 1024),
-            (false, true, true) => (2 * buffer, 16),
-            // `store_tile_wide` stages in the weight buffer: no f32 stage.
-            (false, true, false)
-                if self.wide_epilogue
-                    && wide_stage_fits(self.planes, cin, cout, self.weight_row(cout), true) =>
-            {
-                (buffer, 16)
-            }
-            (false, true, false) => (buffer, self.planes * 1024),
-            (false, false, _) => (16, self.planes * 1024),
+        // `store_tile_wide` stages in a weight buffer or in the halo: no f32 stage.
+        let wide = self.wide_epilogue
+            && wide_stage_halves(self.planes, cout) * 2
+                <= if self.weights_shared {
+                    buffer.max(halo)
+                } else {
+                    halo
+                };
+        let staged = match (self.weights_shared, double) {
+            (true, true) => 2 * buffer,
+            (true, false) => buffer,
+            (false, _) => 16,
         };
+        let stage = if double || wide { 16 } else { f32_stage };
         halo + stage + 2 * cout * 4 + staged
+    }
+
+    /// The parts a tap's weights travel in for `cin` inputs: `splits` where they divide its
+    /// 16-channel blocks and the prefetch stages them, else 1.
+    pub fn splits_for(&self, cin: usize) -> usize {
+        let staged = self.weights_shared && self.prefetch && !self.asynchronous && !self.mma;
+        if staged && self.splits > 0 && (cin / 16).is_multiple_of(self.splits) {
+            self.splits
+        } else {
+            1
+        }
     }
 }
 
@@ -1319,6 +1589,16 @@ mod tests {
         };
         assert!(without_wide.shared_bytes(64, 64) > limit);
         // The last layer's 48 outputs: the stage still fits in its buffer.
-        assert!(wide_stage_fits(4, 64, 48, 48 + 8, true));
+        assert!(wide_stage_halves(4, 48) <= staged_halves(64, 48, 48 + 8));
+        // Weights staged in two parts: two half-size buffers leave room for a 6-row tile.
+        for (rows, planes) in [(1, 6), (2, 3)] {
+            let split = TileShape {
+                rows,
+                planes,
+                splits: 2,
+                ..WGPU_SHAPE
+            };
+            assert!(split.shared_bytes(64, 64) <= limit, "{rows} x {planes}");
+        }
     }
 }

@@ -129,6 +129,9 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     double_buffered: false,
     tma: true,
     wide_epilogue: false,
+    splits: 1,
+    ablate: 0,
+    late_halo: false,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
@@ -143,6 +146,9 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     double_buffered: true,
     tma: false,
     wide_epilogue: true,
+    splits: 1,
+    ablate: 0,
+    late_halo: false,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
@@ -154,8 +160,11 @@ pub const WGPU_SHAPE: TileShape = TileShape {
 /// prefetch), `UPFRAME_CONV_ASYNC` (0 or 1; only where the device has asynchronous copies) and
 /// `UPFRAME_CONV_MMA` (0 or 1; only where it also runs `mma.sync`) and `UPFRAME_CONV_TMA` (0
 /// or 1; with `mma`, only where the device has a tensor memory accelerator) and
-/// `UPFRAME_CONV_WIDE` (0 or 1: `conv3x3_tiles` stores 16 pixels at a time) override it for
-/// measurements.
+/// `UPFRAME_CONV_WIDE` (0 or 1: `conv3x3_tiles` stores 16 pixels at a time) and
+/// `UPFRAME_CONV_SPLITS` (1, 2 or 4: parts a tap's weights are staged in) and
+/// `UPFRAME_CONV_LATE_HALO` (0 or 1: the halo's last two rows loaded during the first taps)
+/// override it for measurements. `UPFRAME_CONV_ABLATE` (`conv::Ablation`'s bits) leaves parts
+/// of `conv3x3_tiles` out, to time the rest: its results are then wrong.
 fn tile_shape<R: Runtime>(
     client: &ComputeClient<R>,
     preferred: TileShape,
@@ -195,6 +204,9 @@ fn tile_shape<R: Runtime>(
         double_buffered: knob("UPFRAME_CONV_DOUBLE", preferred.double_buffered as usize) != 0,
         tma: knob("UPFRAME_CONV_TMA", preferred.tma as usize) != 0 && has_tma(client),
         wide_epilogue: knob("UPFRAME_CONV_WIDE", preferred.wide_epilogue as usize) != 0,
+        splits: knob("UPFRAME_CONV_SPLITS", preferred.splits),
+        ablate: knob("UPFRAME_CONV_ABLATE", preferred.ablate as usize) as u32,
+        late_halo: knob("UPFRAME_CONV_LATE_HALO", preferred.late_halo as usize) != 0,
     };
     // One box a side holds at most 256 elements: the halo's pixel, a tap's weight rows.
     let boxes_fit = cin + asked.pad <= 256 && cin * cout <= 256 * conv_mma::WEIGHT_ROW;
@@ -532,6 +544,9 @@ impl<R: Runtime> Engine<R> {
                             shape.prefetch,
                             shape.double_buffered,
                             shape.wide_epilogue,
+                            shape.splits_for(cin),
+                            shape.late_halo,
+                            shape.ablate,
                             layer.prelu,
                             batched,
                         )
@@ -653,6 +668,11 @@ impl<R: Runtime> Fused for Engine<R> {
         self.client.memory_usage().ok().map(|m| m.bytes_reserved)
     }
 
+    fn timing_only(&self) -> bool {
+        let s = self.shape;
+        self.tensor_cores && s.ablate != 0 && !s.asynchronous && !s.mma
+    }
+
     fn describe(&self) -> String {
         if self.tensor_cores {
             let (s, p) = (self.shape, self.preferred);
@@ -711,6 +731,19 @@ impl<R: Runtime> Fused for Engine<R> {
             }
             if s.weights != p.weights {
                 variants += &format!(", weights {}", s.weights.name());
+            }
+            if s.splits != p.splits && !s.asynchronous && !s.mma {
+                variants += &format!(", each tap's weights staged in {} parts", s.splits);
+            }
+            if s.late_halo != p.late_halo && !s.asynchronous && !s.mma {
+                variants += if s.late_halo {
+                    ", halo's last rows loaded during the first taps"
+                } else {
+                    ", halo loaded before the first tap"
+                };
+            }
+            if s.ablate != 0 && !s.asynchronous && !s.mma {
+                variants += &format!(", parts left out ({:#x}; timing only)", s.ablate);
             }
             if s.weights_shared != p.weights_shared {
                 variants += if s.weights_shared {

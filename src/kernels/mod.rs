@@ -89,6 +89,11 @@ pub trait Fused: Send {
     ) -> Result<FusedOutput, String>;
     /// What runs, for logs and reports: e.g. "fused SRVGG kernels, tensor cores".
     fn describe(&self) -> String;
+
+    /// Whether parts of the kernels are left out for timing (their results are then wrong).
+    fn timing_only(&self) -> bool {
+        false
+    }
     /// Model-only times at `width`×`height`, one per forward of `timing.batch` frames, after a
     /// warm-up.
     fn time_forward(&self, width: usize, height: usize, timing: Timing)
@@ -104,6 +109,34 @@ pub fn fused_for<D: Any>(
     precision: Precision,
     device: &D,
 ) -> Option<Box<dyn Fused>> {
+    let (fused, scale) = unverified(graph, precision, device)?;
+    verified(fused, graph, scale)
+}
+
+/// `fused_for` for `upframe bench`: kernels with parts left out (`UPFRAME_CONV_ABLATE`) are
+/// wrong on purpose, so they are timed without the check (and `fused_for` refuses them).
+pub fn fused_for_timing<D: Any>(
+    graph: &Graph,
+    precision: Precision,
+    device: &D,
+) -> Option<Box<dyn Fused>> {
+    let (fused, scale) = unverified(graph, precision, device)?;
+    if fused.timing_only() {
+        log::warn!(
+            "{}: its results are wrong, for timing only",
+            fused.describe()
+        );
+        return Some(fused);
+    }
+    verified(fused, graph, scale)
+}
+
+/// Our kernels for `graph` on `device` and the network's scale, before `verify`.
+fn unverified<D: Any>(
+    graph: &Graph,
+    precision: Precision,
+    device: &D,
+) -> Option<(Box<dyn Fused>, usize)> {
     let net = srvgg::recognise(graph)?;
     if net.layers[0].cout % conv::HEAD_QUAD != 0 {
         return None;
@@ -126,7 +159,11 @@ pub fn fused_for<D: Any>(
     } else {
         return None;
     };
-    match verify(fused.as_ref(), graph, net.scale) {
+    Some((fused, net.scale))
+}
+
+fn verified(fused: Box<dyn Fused>, graph: &Graph, scale: usize) -> Option<Box<dyn Fused>> {
+    match verify(fused.as_ref(), graph, scale) {
         Ok(()) => Some(fused),
         Err(reason) => {
             log::warn!(
