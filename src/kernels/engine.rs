@@ -114,7 +114,8 @@ unsafe fn half_tensor_map<R: Runtime>(
 /// asynchronous copies), `conv3x3_tiles`, 1 row x 4 planes, each unit fetching its share of the
 /// next tap's weights into registers before this tap's multiplies and storing it into the
 /// second of two buffers (one matrix with padded rows, the only layout two of which fit), one
-/// barrier a tap, its outputs stored 16 pixels at a time through the free buffer. Both pad a
+/// barrier a tap, the taps unrolled ("Where Vulkan's time goes"), its outputs stored 16 pixels
+/// at a time through the free buffer. Both pad a
 /// pixel's channels by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
@@ -136,7 +137,7 @@ pub const CUDA_SHAPE: TileShape = TileShape {
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
     planes: 4,
-    unroll_taps: false,
+    unroll_taps: true,
     pad: 8,
     weights_shared: true,
     weights: WeightLayout::Matrix,
