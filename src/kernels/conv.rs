@@ -677,9 +677,13 @@ pub fn conv3x3_tiles(
     let parts = comptime![9 * splits];
     let buffer = comptime![staged_halves(part_in, cout, weight_row) / 8];
     let halo_size = comptime![halo_vectors(tile_y, cin, pad)];
-    let wide_halves = comptime![wide_stage_halves(planes, cout)];
-    let wide_in_buffer = comptime![wide_epilogue && weights_shared && wide_halves <= buffer * 8];
-    let wide_in_halo = comptime![wide_epilogue && !wide_in_buffer && wide_halves <= halo_size * 8];
+    let wide = comptime![if wide_epilogue {
+        wide_stage(planes, cout, weights_shared, buffer * 8, halo_size * 8)
+    } else {
+        None
+    }];
+    let wide_in_buffer = comptime![wide == Some(WideStage::WeightBuffer)];
+    let wide_in_halo = comptime![wide == Some(WideStage::Halo)];
 
     let mut halo = SharedMemory::<Half8>::new(halo_size);
     let mut stage = SharedMemory::<Float4>::new(comptime![if double_buffered
@@ -700,7 +704,8 @@ pub fn conv3x3_tiles(
 
     // With `late_halo`, the halo's last two rows, which the first row of taps (dy = 0) does
     // not read, are loaded while those taps multiply.
-    let late_halo = comptime![late_halo && weights_shared && prefetch];
+    let late_halo =
+        comptime![late_halo && weights_shared && prefetch && ablate & Ablation::HALO == 0];
     let (early_rows, late_rows) = comptime![if late_halo {
         (tile_y, 2usize)
     } else {
@@ -1058,6 +1063,34 @@ fn store_tile_halves(
 /// Halves of `store_tile_wide`'s stage: 16 pixels × `cout` + 8 a plane.
 pub fn wide_stage_halves(planes: usize, cout: usize) -> usize {
     planes * 16 * (cout + 8)
+}
+
+/// Where `store_tile_wide` stages its outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WideStage {
+    /// The weight buffer the last part left free.
+    WeightBuffer,
+    /// The halo, once every plane is done reading it.
+    Halo,
+}
+
+/// Where `store_tile_wide`'s stage fits: a weight buffer of `buffer_halves` (with
+/// `weights_shared`), else the halo of `halo_halves`, else nowhere.
+pub fn wide_stage(
+    planes: usize,
+    cout: usize,
+    weights_shared: bool,
+    buffer_halves: usize,
+    halo_halves: usize,
+) -> Option<WideStage> {
+    let stage = wide_stage_halves(planes, cout);
+    if weights_shared && stage <= buffer_halves {
+        Some(WideStage::WeightBuffer)
+    } else if stage <= halo_halves {
+        Some(WideStage::Halo)
+    } else {
+        None
+    }
 }
 
 /// The epilogue through an f16 stage of 16 whole pixels a plane (from `stage_start` in
@@ -1460,12 +1493,7 @@ impl TileShape {
         let double = self.double_buffered && self.weights_shared && self.prefetch;
         // `store_tile_wide` stages in a weight buffer or in the halo: no f32 stage.
         let wide = self.wide_epilogue
-            && wide_stage_halves(self.planes, cout) * 2
-                <= if self.weights_shared {
-                    buffer.max(halo)
-                } else {
-                    halo
-                };
+            && wide_stage(self.planes, cout, self.weights_shared, buffer / 2, halo / 2).is_some();
         let staged = match (self.weights_shared, double) {
             (true, true) => 2 * buffer,
             (true, false) => buffer,
