@@ -8,7 +8,8 @@
 //!   its one-pixel halo sit in shared memory; because a pixel's channels are contiguous, the
 //!   16-pixel × 16-channel operand for tap (dy, dx) is that tile read from a shifted start, so no
 //!   im2col buffer exists. Each tap's weights are staged in shared memory by the whole cube, so
-//!   that its planes share one coalesced read of them.
+//!   that its planes share one coalesced read of them. Over Vulkan a cube computes several tiles
+//!   down a column, its halo a ring of rows.
 //! - `conv3x3_tiles_async`: the same on CUDA from sm_80, with asynchronous copies (`cp.async`):
 //!   the next tap's weights land in a second buffer while this tap multiplies. `conv_mma` has
 //!   its successor there, with the fragments in registers.
@@ -273,7 +274,18 @@ pub(super) fn load_halo(
             tile_y + 2,
             units,
         );
-        put_halo_rows(&rows, halo, place, cin, pad, 0usize, tile_y + 2, units);
+        put_halo_rows(
+            &rows,
+            halo,
+            place,
+            0usize,
+            cin,
+            pad,
+            0usize,
+            tile_y + 2,
+            units,
+            0usize,
+        );
     }
 }
 
@@ -347,31 +359,53 @@ fn fetch_halo_rows(
     fetched
 }
 
-/// Stores what `fetch_halo_rows` fetched into the halo.
+/// Stores what `fetch_halo_rows` fetched into the halo, row `r` into slot `ring_slot(base, r,
+/// ring)`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn put_halo_rows(
     fetched: &Sequence<Half8>,
     halo: &mut SharedMemory<Half8>,
     place: TilePlace,
+    base: usize,
     #[comptime] cin: usize,
     #[comptime] pad: usize,
     #[comptime] first_row: usize,
     #[comptime] rows: usize,
     #[comptime] units: usize,
+    #[comptime] ring: usize,
 ) {
     let halo_w = comptime![TILE_X as usize + 2];
     let vectors_in = comptime![cin / 8];
     let pixel_vectors = comptime![(cin + pad) / 8];
-    let vectors = comptime![rows * halo_w * vectors_in];
+    let row_vectors = comptime![halo_w * vectors_in];
+    let vectors = comptime![rows * row_vectors];
     #[unroll]
     for load in 0..comptime![vectors.div_ceil(units)] {
         let i = load * units + place.unit;
         if i < vectors {
-            let pixel = i / vectors_in + comptime![first_row * halo_w];
+            let mut pixel = i / vectors_in + comptime![first_row * halo_w];
+            if comptime![ring > 0] {
+                let row = ring_slot(base, i / row_vectors + first_row, ring);
+                pixel = row * halo_w + (i % row_vectors) / vectors_in;
+            }
             halo[pixel * pixel_vectors + i % vectors_in] = *fetched.index(load);
         }
     }
+}
+
+/// Where halo row `row` lies when the halo is a ring of `ring` rows whose row 0 is in slot
+/// `base` (`ring` 0: no ring, row `row` in slot `row`). `base` + `row` stays below 2 × `ring`.
+#[cube]
+#[allow(clippy::collapsible_if)] // One test is comptime, the other not.
+fn ring_slot(base: usize, row: usize, #[comptime] ring: usize) -> usize {
+    let mut slot = base + row;
+    if comptime![ring > 0] {
+        if slot >= ring {
+            slot -= ring;
+        }
+    }
+    slot
 }
 
 /// Copies one tap's weights (16×16 operands of 32 vectors each, in fragment order) into shared
@@ -472,8 +506,8 @@ fn f16_operand(#[comptime] ident: cmma::MatrixIdent) -> cmma::Matrix<f16> {
 }
 
 /// Adds part `part` of `splits` of tap (`dy`, `dx`) (that share of the input channels) to the
-/// plane's accumulators: its 16-pixel operands are the halo read from a shifted start; `weights`
-/// holds that part's operands, `weight_row` halves a row.
+/// plane's accumulators: its 16-pixel operands are the halo read from a shifted start (its rows
+/// a ring as `ring_slot` says); `weights` holds that part's operands, `weight_row` halves a row.
 #[cube]
 fn multiply_tap(
     halo: &SharedMemory<Half8>,
@@ -483,12 +517,14 @@ fn multiply_tap(
     dy: usize,
     dx: usize,
     part: usize,
+    base: usize,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] pad: usize,
     #[comptime] rows: usize,
     #[comptime] weight_row: usize,
     #[comptime] splits: usize,
+    #[comptime] ring: usize,
 ) {
     let stride = comptime![cin + pad];
     let pixel_vectors = comptime![stride / 8];
@@ -505,10 +541,9 @@ fn multiply_tap(
         for r in 0..rows {
             #[unroll]
             for mf in 0..m_frags {
-                let row = plane * rows + r;
-                let start = ((row + dy) * halo_w + mf * 16 + dx) * pixel_vectors
-                    + first_channel_vector
-                    + kf * 2;
+                let row = ring_slot(base, plane * rows + r + dy, ring);
+                let start =
+                    (row * halo_w + mf * 16 + dx) * pixel_vectors + first_channel_vector + kf * 2;
                 let operand = f16_operand(cmma::MatrixIdent::A);
                 cmma::load(
                     &operand,
@@ -629,13 +664,14 @@ fn store_tile(
 
 /// Tensor-core 3×3 convolution (see the module comment). `cin` and `cout` are multiples of 16;
 /// activations are read and written 16 bytes at a time. Each of the cube's `planes` planes
-/// computes `rows` rows of 32 pixels × every output channel. Weights come in fragment order
-/// (`fragment_weights`): each 16×16 operand is 512 contiguous bytes. With `weights_shared`, the
-/// whole cube stages each tap's weights in shared memory between two barriers; otherwise each
-/// plane reads its operands from global memory. With the prefetch, each tap's weights travel
-/// in `splits` parts (a share of the input channels each), so that a buffer is that much
-/// smaller. `ablate` (`Ablation`'s bits) leaves parts out, to time the rest: its results are
-/// wrong.
+/// computes `rows` rows of 32 pixels × every output channel; `TilePlan` says how, from `shape`.
+/// Weights come in fragment order (`fragment_weights`): each 16×16 operand is 512 contiguous
+/// bytes. With `weights_shared`, the whole cube stages each tap's weights in shared memory
+/// between two barriers; otherwise each plane reads its operands from global memory. With the
+/// prefetch, `tile_steps` multiplies. Where the plan's `column` exceeds 1, a cube computes that
+/// many tiles, one below the other: it keeps the halo's rows as a ring, so that the next tile's
+/// first two rows stay, and fetches the others during this tile's products. `ablate`
+/// (`Ablation`'s bits) leaves parts out, to time the rest: its results are wrong.
 #[cube(launch_unchecked)]
 pub fn conv3x3_tiles(
     input: &Array<Half8>,
@@ -647,87 +683,36 @@ pub fn conv3x3_tiles(
     width: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
-    #[comptime] rows: usize,
-    #[comptime] planes: usize,
-    #[comptime] unroll_taps: bool,
-    #[comptime] pad: usize,
-    #[comptime] weights_shared: bool,
-    #[comptime] weight_row: usize,
-    #[comptime] prefetch: bool,
-    #[comptime] double_buffered: bool,
-    #[comptime] wide_epilogue: bool,
-    #[comptime] splits: usize,
-    #[comptime] late_halo: bool,
-    #[comptime] ablate: u32,
+    #[comptime] shape: TileShape,
     #[comptime] prelu: bool,
     #[comptime] batched: bool,
 ) {
-    let tile_y = comptime![planes * rows];
-    let units = comptime![32 * planes];
-    let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
-    let place = tile_place(width, height, tile_y, batched);
-    // Two weight buffers only with the prefetch; their f16 stage then replaces the f32 one.
-    let double_buffered = comptime![double_buffered && weights_shared && prefetch];
-    let splits = comptime![if weights_shared && prefetch {
-        splits
-    } else {
-        1
-    }];
-    let part_in = comptime![cin / splits];
-    let parts = comptime![9 * splits];
-    let buffer = comptime![staged_halves(part_in, cout, weight_row) / 8];
-    let halo_size = comptime![halo_vectors(tile_y, cin, pad)];
-    let wide = comptime![if wide_epilogue {
-        wide_stage(planes, cout, weights_shared, buffer * 8, halo_size * 8)
-    } else {
-        None
-    }];
-    let wide_in_buffer = comptime![wide == Some(WideStage::WeightBuffer)];
-    let wide_in_halo = comptime![wide == Some(WideStage::Halo)];
+    let plan = comptime![TilePlan::new(shape, cin, cout, prelu)];
+    let (tile_y, units, weight_row, pad) =
+        comptime![(plan.tile_y, plan.units, plan.weight_row, plan.pad)];
+    let place = tile_place(width, height, comptime![tile_y * plan.column], batched);
 
-    let mut halo = SharedMemory::<Half8>::new(halo_size);
-    let mut stage = SharedMemory::<Float4>::new(comptime![if double_buffered
-        || wide_in_buffer
-        || wide_in_halo
-    {
-        1
-    } else {
-        planes * 64
-    }]);
+    let mut halo = SharedMemory::<Half8>::new(comptime![plan.halo_vectors]);
+    let mut stage = SharedMemory::<Float4>::new(comptime![plan.f32_stage_vectors]);
     let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
-    let staged_vectors = comptime![match (weights_shared, double_buffered) {
-        (true, true) => 2 * buffer,
-        (true, false) => buffer,
-        _ => 1,
-    }];
-    let mut staged = SharedMemory::<Half8>::new(staged_vectors);
+    let mut staged = SharedMemory::<Half8>::new(comptime![plan.staged_vectors]);
 
-    // With `late_halo`, the halo's last two rows, which the first row of taps (dy = 0) does
-    // not read, are loaded while those taps multiply.
-    let late_halo =
-        comptime![late_halo && weights_shared && prefetch && ablate & Ablation::HALO == 0];
-    let (early_rows, late_rows) = comptime![if late_halo {
-        (tile_y, 2usize)
-    } else {
-        (tile_y + 2, 0usize)
-    }];
-    if comptime![ablate & Ablation::HALO == 0] {
-        let early = fetch_halo_rows(
-            input, place, width, height, cin, pad, 0usize, early_rows, units,
-        );
+    if comptime![plan.ablate & Ablation::HALO == 0] {
+        let rows = comptime![plan.early_rows];
+        let early = fetch_halo_rows(input, place, width, height, cin, pad, 0usize, rows, units);
         put_halo_rows(
-            &early, &mut halo, place, cin, pad, 0usize, early_rows, units,
+            &early, &mut halo, place, 0usize, cin, pad, 0usize, rows, units, 0usize,
         );
     }
     load_epilogue(bias, slope, &mut epilogue, place.unit, cout);
-    if comptime![weights_shared && prefetch] {
+    if comptime![plan.prefetch] {
         stage_weights(
             weight,
             &mut staged,
             0usize,
             0usize,
             place.unit,
-            part_in,
+            comptime![plan.part_in],
             cout,
             weight_row,
             units,
@@ -736,83 +721,62 @@ pub fn conv3x3_tiles(
         );
     }
     sync_cube();
-    let acc = zero_accumulators(comptime![rows * TILE_X as usize / 16 * cout / 16]);
 
-    if comptime![weights_shared && prefetch] {
-        let late = fetch_halo_rows(
-            input, place, width, height, cin, pad, early_rows, late_rows, units,
-        );
-        #[unroll(unroll_taps)]
-        for step in 0..parts {
-            let tap = step / splits;
-            // The next part's weights travel into registers while this one multiplies (the
-            // last part fetches its own again, which costs one read and keeps the loop simple).
-            // (Timing without staging leaves these loads dead, so the compiler drops them.)
-            let fetched = fetch_weights(
-                weight,
-                step + usize::cast_from(step + 1 < parts),
-                place.unit,
-                part_in,
-                cout,
-                units,
-            );
-            // With two buffers, part p reads buffer p % 2 while the other, last read at part
-            // p - 1 (before the barrier that ended it), takes part p + 1: one barrier a part.
-            let mut current = 0usize;
-            if comptime![double_buffered] {
-                current = step % 2;
-            }
-            let start = current * buffer;
-            if comptime![ablate & Ablation::PRODUCTS == 0] {
-                multiply_tap(
-                    &halo,
-                    &staged.slice(start, start + buffer),
-                    &acc,
-                    place.plane,
-                    tap / 3,
-                    tap % 3,
-                    step % splits,
-                    cin,
-                    cout,
-                    pad,
-                    rows,
-                    weight_row,
-                    splits,
+    if comptime![plan.prefetch && plan.column > 1] {
+        let mut y0 = place.y0;
+        // The ring's slot of this tile's first halo row.
+        let mut base = 0usize;
+        for _tile in 0..comptime![plan.column] {
+            if y0 < height as i32 {
+                let here = TilePlace {
+                    x0: place.x0,
+                    y0,
+                    frame_start: place.frame_start,
+                    plane: place.plane,
+                    lane: place.lane,
+                    unit: place.unit,
+                };
+                tile_steps(
+                    input,
+                    weight,
+                    &mut halo,
+                    &mut staged,
+                    &mut stage,
+                    &epilogue,
+                    output,
+                    here,
+                    base,
+                    width,
+                    height,
+                    plan,
                 );
             }
-            if step + 1 < parts {
-                if comptime![!double_buffered && ablate & Ablation::BARRIERS == 0] {
-                    sync_cube();
-                }
-                if comptime![late_halo] {
-                    // The barrier below ends the first row of taps.
-                    if step + 1 == 3 * splits {
-                        put_halo_rows(
-                            &late, &mut halo, place, cin, pad, early_rows, late_rows, units,
-                        );
-                    }
-                }
-                if comptime![ablate & Ablation::STAGING == 0] {
-                    put_weights(
-                        &fetched,
-                        &mut staged,
-                        (1 - current) * buffer * usize::cast_from(double_buffered),
-                        place.unit,
-                        part_in,
-                        cout,
-                        weight_row,
-                        units,
-                    );
-                }
-                if comptime![ablate & Ablation::BARRIERS == 0] {
-                    sync_cube();
-                }
+            y0 += comptime![tile_y as i32];
+            base += tile_y;
+            if base >= comptime![plan.ring] {
+                base -= comptime![plan.ring];
             }
         }
+    } else if comptime![plan.prefetch] {
+        tile_steps(
+            input,
+            weight,
+            &mut halo,
+            &mut staged,
+            &mut stage,
+            &epilogue,
+            output,
+            place,
+            0usize,
+            width,
+            height,
+            plan,
+        );
     } else {
-        #[unroll(unroll_taps)]
+        let acc = zero_accumulators(comptime![plan.accumulators]);
+        #[unroll(plan.unroll_taps)]
         for tap in 0..9usize {
-            if comptime![weights_shared] {
+            if comptime![plan.weights_shared] {
                 // Every plane is done with the previous tap's operands.
                 sync_cube();
                 stage_weights(
@@ -837,14 +801,17 @@ pub fn conv3x3_tiles(
                     tap / 3,
                     tap % 3,
                     0usize,
+                    0usize,
                     cin,
                     cout,
                     pad,
-                    rows,
+                    comptime![plan.rows],
                     weight_row,
                     1usize,
+                    0usize,
                 );
             } else {
+                let tap_vectors = comptime![cin / 16 * cout / 16 * 32];
                 let start = tap * tap_vectors;
                 multiply_tap(
                     &halo,
@@ -854,34 +821,17 @@ pub fn conv3x3_tiles(
                     tap / 3,
                     tap % 3,
                     0usize,
+                    0usize,
                     cin,
                     cout,
                     pad,
-                    rows,
+                    comptime![plan.rows],
                     16usize,
                     1usize,
+                    0usize,
                 );
             }
         }
-    }
-    // With two buffers, the last part read buffer (parts - 1) % 2, and the other has been free
-    // since the barrier that ended the part before it; one buffer is free once every plane is
-    // done with the last part.
-    let free = comptime![if double_buffered {
-        (parts % 2) * buffer
-    } else {
-        0
-    }];
-    let finish = comptime![TileFinish {
-        free,
-        double_buffered,
-        wide_in_buffer,
-        wide_in_halo,
-        cout,
-        rows,
-        prelu,
-    }];
-    if comptime![ablate & Ablation::EPILOGUE == 0] {
         finish_tile(
             &acc,
             &mut staged,
@@ -892,29 +842,305 @@ pub fn conv3x3_tiles(
             place,
             width,
             height,
-            finish,
-        );
-    } else if height == 0 {
-        // Never taken: it keeps the products alive when the epilogue is left out.
-        finish_tile(
-            &acc,
-            &mut staged,
-            &mut halo,
-            &mut stage,
-            &epilogue,
-            output,
-            place,
-            width,
-            height,
-            finish,
+            comptime![plan.finish],
         );
     }
 }
 
-/// How `conv3x3_tiles` ends: where the outputs are staged (`free`: the weight buffer the last
-/// part left free), and the layer's shape.
+/// One tile of `conv3x3_tiles` with the prefetch: its halo is in shared memory (its rows from
+/// slot `base` of the ring, where the plan walks), the first part's weights in buffer 0. Each
+/// part's weights are multiplied while the next part's travel into registers; then the tile is
+/// finished. Walking on, the tile leaves the next tile's halo and first part where it found its
+/// own.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn tile_steps(
+    input: &Array<Half8>,
+    weight: &Array<Half8>,
+    halo: &mut SharedMemory<Half8>,
+    staged: &mut SharedMemory<Half8>,
+    stage: &mut SharedMemory<Float4>,
+    epilogue: &SharedMemory<f32>,
+    output: &mut Array<Half8>,
+    place: TilePlace,
+    base: usize,
+    width: u32,
+    height: u32,
+    #[comptime] plan: TilePlan,
+) {
+    let (cin, cout, pad, rows, units) =
+        comptime![(plan.cin, plan.cout, plan.pad, plan.rows, plan.units)];
+    let (splits, parts, part_in, buffer, weight_row) = comptime![(
+        plan.splits,
+        plan.parts,
+        plan.part_in,
+        plan.buffer_vectors,
+        plan.weight_row
+    )];
+    let (double_buffered, walks, ring, ablate) = comptime![(
+        plan.double_buffered,
+        plan.column > 1,
+        plan.ring,
+        plan.ablate
+    )];
+    let (early_rows, late_rows, late_halo) =
+        comptime![(plan.early_rows, plan.late_rows, plan.late_rows > 0)];
+    let acc = zero_accumulators(comptime![plan.accumulators]);
+    let late = fetch_halo_rows(
+        input, place, width, height, cin, pad, early_rows, late_rows, units,
+    );
+    // The next tile's halo rows below this tile's last two, which stay.
+    let below = TilePlace {
+        x0: place.x0,
+        y0: place.y0 + comptime![plan.tile_y as i32],
+        frame_start: place.frame_start,
+        plane: place.plane,
+        lane: place.lane,
+        unit: place.unit,
+    };
+    let next_rows = fetch_halo_rows(
+        input,
+        below,
+        width,
+        height,
+        cin,
+        pad,
+        2usize,
+        comptime![if walks { plan.tile_y } else { 0 }],
+        units,
+    );
+    #[unroll(plan.unroll_taps)]
+    for step in 0..parts {
+        let tap = step / splits;
+        // The next part's weights travel into registers while this one multiplies. After the
+        // last part, walking on, they are the next tile's first; else the last part's own
+        // again (one read, and a simpler loop). (Timing without staging leaves these loads
+        // dead, so the compiler drops them.)
+        let next = if comptime![walks] {
+            (step + 1) % parts
+        } else {
+            step + usize::cast_from(step + 1 < parts)
+        };
+        let fetched = fetch_weights(weight, next, place.unit, part_in, cout, units);
+        // With two buffers, part p reads buffer p % 2 while the other, last read at part
+        // p - 1 (before the barrier that ended it), takes part p + 1: one barrier a part.
+        let mut current = 0usize;
+        if comptime![double_buffered] {
+            current = step % 2;
+        }
+        let start = current * buffer;
+        if comptime![ablate & Ablation::PRODUCTS == 0] {
+            multiply_tap(
+                halo,
+                &staged.slice(start, start + buffer),
+                &acc,
+                place.plane,
+                tap / 3,
+                tap % 3,
+                step % splits,
+                base,
+                cin,
+                cout,
+                pad,
+                rows,
+                weight_row,
+                splits,
+                ring,
+            );
+        }
+        if step + 1 < parts {
+            if comptime![!double_buffered && ablate & Ablation::BARRIERS == 0] {
+                sync_cube();
+            }
+            if comptime![late_halo] {
+                // The barrier below ends the first row of taps.
+                if step + 1 == 3 * splits {
+                    put_halo_rows(
+                        &late, halo, place, 0usize, cin, pad, early_rows, late_rows, units, 0usize,
+                    );
+                }
+            }
+            if comptime![ablate & Ablation::STAGING == 0] {
+                put_weights(
+                    &fetched,
+                    staged,
+                    (1 - current) * buffer * usize::cast_from(double_buffered),
+                    place.unit,
+                    part_in,
+                    cout,
+                    weight_row,
+                    units,
+                );
+            }
+            if comptime![ablate & Ablation::BARRIERS == 0] {
+                sync_cube();
+            }
+        } else if comptime![walks] {
+            // Every plane is done with this tile's halo rows but the last two, and with the
+            // last part's buffer: buffer 0 (the parts are odd), where the next tile's first
+            // part goes. The other stays free for the epilogue.
+            sync_cube();
+            if comptime![ablate & Ablation::HALO == 0] {
+                let mut next_base = base + comptime![plan.tile_y];
+                if next_base >= ring {
+                    next_base -= ring;
+                }
+                put_halo_rows(
+                    &next_rows,
+                    halo,
+                    place,
+                    next_base,
+                    cin,
+                    pad,
+                    2usize,
+                    comptime![plan.tile_y],
+                    units,
+                    ring,
+                );
+            }
+            put_weights(
+                &fetched, staged, start, place.unit, part_in, cout, weight_row, units,
+            );
+        }
+    }
+    finish_tile(
+        &acc,
+        staged,
+        halo,
+        stage,
+        epilogue,
+        output,
+        place,
+        width,
+        height,
+        comptime![plan.finish],
+    );
+    if comptime![walks] {
+        // The epilogue's stage is the next tile's second buffer.
+        sync_cube();
+    }
+}
+
+/// What `conv3x3_tiles` does for a `TileShape` and a layer of `cin` inputs and `cout` outputs,
+/// worked out on the host. Sizes of shared memory are in vectors of 8 halves (`Half8`), or of
+/// 4 floats for the f32 stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct TileFinish {
+pub struct TilePlan {
+    pub cin: usize,
+    pub cout: usize,
+    pub pad: usize,
+    pub rows: usize,
+    /// Pixel rows of a tile.
+    pub tile_y: usize,
+    pub units: usize,
+    pub unroll_taps: bool,
+    pub weights_shared: bool,
+    /// Each tap's weights staged by the cube, the next part fetched while this one multiplies.
+    pub prefetch: bool,
+    pub double_buffered: bool,
+    pub weight_row: usize,
+    pub splits: usize,
+    /// Input channels of a part, and parts of the 9 taps.
+    pub part_in: usize,
+    pub parts: usize,
+    pub accumulators: usize,
+    pub buffer_vectors: usize,
+    pub staged_vectors: usize,
+    pub halo_vectors: usize,
+    pub f32_stage_vectors: usize,
+    /// Halo rows loaded before the taps, and during the first row of taps (late halo).
+    pub early_rows: usize,
+    pub late_rows: usize,
+    /// Tiles a cube computes down a column (`TileShape::column_for`), and the halo's ring of
+    /// rows when it exceeds 1 (else 0).
+    pub column: usize,
+    pub ring: usize,
+    pub ablate: u32,
+    pub finish: TileFinish,
+}
+
+impl TilePlan {
+    pub fn new(shape: TileShape, cin: usize, cout: usize, prelu: bool) -> Self {
+        let tile_y = shape.planes * shape.rows;
+        let prefetch = shape.weights_shared && shape.prefetch;
+        // Two weight buffers only with the prefetch; their f16 stage then replaces the f32 one.
+        let double_buffered = shape.double_buffered && prefetch;
+        let weight_row = shape.weight_row(cout);
+        let splits = shape.splits_for(cin);
+        let part_in = cin / splits;
+        let parts = 9 * splits;
+        let buffer_vectors = staged_halves(part_in, cout, weight_row) / 8;
+        let wide = shape.wide_stage_for(cin, cout);
+        let wide_in_buffer = wide == Some(WideStage::WeightBuffer);
+        let wide_in_halo = wide == Some(WideStage::Halo);
+        let ablate = shape.ablate;
+        // With the late halo, the halo's last two rows, which the first row of taps (dy = 0)
+        // does not read, are loaded while those taps multiply.
+        let late_halo = shape.late_halo && prefetch && ablate & Ablation::HALO == 0;
+        let (early_rows, late_rows) = if late_halo {
+            (tile_y, 2)
+        } else {
+            (tile_y + 2, 0)
+        };
+        let column = shape.column_for(cin, cout);
+        Self {
+            cin,
+            cout,
+            pad: shape.pad,
+            rows: shape.rows,
+            tile_y,
+            units: 32 * shape.planes,
+            unroll_taps: shape.unroll_taps,
+            weights_shared: shape.weights_shared,
+            prefetch,
+            double_buffered,
+            weight_row,
+            splits,
+            part_in,
+            parts,
+            accumulators: shape.rows * TILE_X as usize / 16 * cout / 16,
+            buffer_vectors,
+            staged_vectors: match (shape.weights_shared, double_buffered) {
+                (true, true) => 2 * buffer_vectors,
+                (true, false) => buffer_vectors,
+                _ => 1,
+            },
+            halo_vectors: halo_vectors(tile_y, cin, shape.pad),
+            f32_stage_vectors: if double_buffered || wide.is_some() {
+                1
+            } else {
+                shape.planes * 64
+            },
+            early_rows,
+            late_rows,
+            column,
+            ring: if column > 1 { tile_y + 2 } else { 0 },
+            ablate,
+            finish: TileFinish {
+                // With two buffers, the last part read buffer (parts - 1) % 2, and the other
+                // has been free since the barrier that ended the part before it; one buffer is
+                // free once every plane is done with the last part.
+                free: if double_buffered {
+                    (parts % 2) * buffer_vectors
+                } else {
+                    0
+                },
+                double_buffered,
+                wide_in_buffer,
+                wide_in_halo,
+                cout,
+                rows: shape.rows,
+                prelu,
+                left_out: ablate & Ablation::EPILOGUE != 0,
+            },
+        }
+    }
+}
+
+/// How `conv3x3_tiles` ends: where the outputs are staged (`free`: the weight buffer the last
+/// part left free), the layer's shape, and whether the epilogue is `left_out` (for timing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileFinish {
     free: usize,
     double_buffered: bool,
     wide_in_buffer: bool,
@@ -922,12 +1148,43 @@ pub(super) struct TileFinish {
     cout: usize,
     rows: usize,
     prelu: bool,
+    left_out: bool,
 }
 
-/// Bias, PReLU and f16 stores of a `conv3x3_tiles` cube's sums, through the stage `finish` says.
+/// Bias, PReLU and f16 stores of a `conv3x3_tiles` tile's sums, through the stage `finish`
+/// says.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn finish_tile(
+    acc: &Sequence<cmma::Matrix<f32>>,
+    staged: &mut SharedMemory<Half8>,
+    halo: &mut SharedMemory<Half8>,
+    stage: &mut SharedMemory<Float4>,
+    epilogue: &SharedMemory<f32>,
+    output: &mut Array<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] finish: TileFinish,
+) {
+    if comptime![finish.left_out] {
+        // Never taken: it keeps the products alive when the epilogue is left out.
+        if height == 0 {
+            store_finished(
+                acc, staged, halo, stage, epilogue, output, place, width, height, finish,
+            );
+        }
+    } else {
+        store_finished(
+            acc, staged, halo, stage, epilogue, output, place, width, height, finish,
+        );
+    }
+}
+
+/// `finish_tile`'s stores.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_finished(
     acc: &Sequence<cmma::Matrix<f32>>,
     staged: &mut SharedMemory<Half8>,
     halo: &mut SharedMemory<Half8>,
@@ -1307,12 +1564,14 @@ pub fn conv3x3_tiles_async(
             tap / 3,
             tap % 3,
             0usize,
+            0usize,
             cin,
             cout,
             pad,
             rows,
             weight_row,
             1usize,
+            0usize,
         );
     }
     store_tile(
@@ -1384,6 +1643,13 @@ pub(super) fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
     (tile_y + 2) * (TILE_X as usize + 2) * (cin + pad) / 8
 }
 
+/// Cubes a layer of walking cubes (`TileShape::column`) keeps at least: an H200 holds 528 of
+/// Vulkan's cubes at once (132 SMs × 4), and 400 walking cubes at 640x480 lost 10% to 480
+/// (BENCHMARKS.md, "Cubes that walk down a column"). Without a count of the device's
+/// processors (wgpu has none), this is a floor for large GPUs that costs small ones only some
+/// of the walk's gain.
+pub const MIN_WALKING_CUBES: usize = 480;
+
 /// How `conv3x3_tiles` divides the picture: each cube has `planes` planes of 32 units, each
 /// plane computes `rows` rows of 32 pixels; `unroll_taps` unrolls the loop over the 9 taps. A
 /// pixel's channels are `pad` halves apart beyond `cin` in shared memory. `weights_shared`
@@ -1407,6 +1673,8 @@ pub struct TileShape {
     pub ablate: u32,
     /// With the prefetch, the halo's last two rows are loaded during the first three taps.
     pub late_halo: bool,
+    /// Tiles a cube computes one below the other, where `column_for` allows (else 1).
+    pub column: usize,
     pub planes: usize,
     pub unroll_taps: bool,
     pub pad: usize,
@@ -1492,8 +1760,7 @@ impl TileShape {
         let buffer = staged_halves(cin / self.splits_for(cin), cout, self.weight_row(cout)) * 2;
         let double = self.double_buffered && self.weights_shared && self.prefetch;
         // `store_tile_wide` stages in a weight buffer or in the halo: no f32 stage.
-        let wide = self.wide_epilogue
-            && wide_stage(self.planes, cout, self.weights_shared, buffer / 2, halo / 2).is_some();
+        let wide = self.wide_stage_for(cin, cout).is_some();
         let staged = match (self.weights_shared, double) {
             (true, true) => 2 * buffer,
             (true, false) => buffer,
@@ -1501,6 +1768,52 @@ impl TileShape {
         };
         let stage = if double || wide { 16 } else { f32_stage };
         halo + stage + 2 * cout * 4 + staged
+    }
+
+    /// Where `conv3x3_tiles` stages its outputs for `store_tile_wide` (None: it does not).
+    pub fn wide_stage_for(&self, cin: usize, cout: usize) -> Option<WideStage> {
+        if !self.wide_epilogue {
+            return None;
+        }
+        let buffer = staged_halves(cin / self.splits_for(cin), cout, self.weight_row(cout));
+        let halo = halo_vectors(self.planes * self.rows, cin, self.pad) * 8;
+        wide_stage(self.planes, cout, self.weights_shared, buffer, halo)
+    }
+
+    /// The tiles a `conv3x3_tiles` cube computes down a column for `cin` inputs and `cout`
+    /// outputs: `column` where the tile's last part leaves buffer 0 to the next tile's first
+    /// and buffer 1 to the epilogue (two buffers, the prefetch, whole taps, no late halo) and
+    /// the epilogue does not stage in the halo, which then holds the next tile's first rows;
+    /// else 1.
+    pub fn column_for(&self, cin: usize, cout: usize) -> usize {
+        let synchronous = !self.asynchronous && !self.mma;
+        let double = self.double_buffered && self.weights_shared && self.prefetch;
+        let walks = synchronous
+            && double
+            && self.splits_for(cin) == 1
+            && !self.late_halo
+            && self.wide_stage_for(cin, cout) != Some(WideStage::Halo);
+        if walks {
+            self.column.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// This shape for a batch of `frames` pictures of `width` × `height`: its column shortened
+    /// until the picture's tiles spread over `MIN_WALKING_CUBES` cubes, or, for a picture of
+    /// fewer tiles than that, over half as many cubes as tiles. Such a picture leaves a large
+    /// device mostly idle anyway; walking there costs it at most a second tile a cube, and
+    /// `verify`'s small picture runs walking cubes.
+    pub fn for_picture(self, width: usize, height: usize, frames: usize) -> Self {
+        let across = width.div_ceil(TILE_X as usize) * frames;
+        let down = height.div_ceil(self.planes * self.rows);
+        let floor = MIN_WALKING_CUBES.min((across * down).div_ceil(2));
+        let column = (1..=self.column.max(1))
+            .rev()
+            .find(|&c| across * down.div_ceil(c) >= floor)
+            .unwrap_or(1);
+        Self { column, ..self }
     }
 
     /// The parts a tap's weights travel in for `cin` inputs: `splits` where they divide its
@@ -1628,5 +1941,49 @@ mod tests {
             };
             assert!(split.shared_bytes(64, 64) <= limit, "{rows} x {planes}");
         }
+    }
+
+    #[test]
+    fn columns_shorten_for_small_pictures_and_walk_only_where_buffers_allow() {
+        let shape = |width, height, frames| WGPU_SHAPE.for_picture(width, height, frames);
+        assert_eq!(shape(1920, 1080, 1).column, 12);
+        // 20 tiles across, 120 down: 5 a cube is the longest column that keeps 480 cubes.
+        assert_eq!(shape(640, 480, 1).column, 5);
+        assert_eq!(shape(640, 480, 4).column, 12);
+        // Too few tiles to fill an H200: half as many cubes (2 across x 6), and `verify`'s 20 x
+        // 12 picture (3 tiles down) walks, its first cube into the ring's wrap.
+        assert_eq!(shape(64, 48, 1).column, 2);
+        assert_eq!(shape(20, 12, 1).column, 2);
+        let full = shape(1920, 1080, 1);
+        assert_eq!(full.column_for(64, 64), 12);
+        assert_eq!(
+            full.column_for(64, 48),
+            12,
+            "the last layer's stage fits its buffer"
+        );
+        for other in [
+            TileShape {
+                late_halo: true,
+                ..full
+            },
+            TileShape { splits: 2, ..full },
+            TileShape {
+                double_buffered: false,
+                ..full
+            },
+            TileShape {
+                prefetch: false,
+                ..full
+            },
+        ] {
+            assert_eq!(other.column_for(64, 64), 1, "{other:?}");
+        }
+        // The last part leaves buffer 0 to the next tile's first and buffer 1 to the epilogue.
+        let walking = TilePlan::new(full, 64, 64, true);
+        assert_eq!((walking.column, walking.ring, walking.parts), (12, 6, 9));
+        assert_eq!(walking.finish.free, walking.buffer_vectors);
+        assert!(walking.finish.wide_in_buffer);
+        let one = TileShape { column: 1, ..full };
+        assert_eq!(TilePlan::new(one, 64, 64, true).ring, 0);
     }
 }

@@ -115,8 +115,8 @@ unsafe fn half_tensor_map<R: Runtime>(
 /// next tap's weights into registers before this tap's multiplies and storing it into the
 /// second of two buffers (one matrix with padded rows, the only layout two of which fit), one
 /// barrier a tap, the taps unrolled ("Where Vulkan's time goes"), its outputs stored 16 pixels
-/// at a time through the free buffer. Both pad a
-/// pixel's channels by 8 halves.
+/// at a time through the free buffer, each cube computing up to 12 tiles down a column ("Cubes
+/// that walk down a column"). Both pad a pixel's channels by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
@@ -133,6 +133,7 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     splits: 1,
     ablate: 0,
     late_halo: false,
+    column: 1,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
@@ -150,6 +151,7 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     splits: 1,
     ablate: 0,
     late_halo: false,
+    column: 12,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
@@ -164,6 +166,7 @@ pub const WGPU_SHAPE: TileShape = TileShape {
 /// `UPFRAME_CONV_WIDE` (0 or 1: `conv3x3_tiles` stores 16 pixels at a time) and
 /// `UPFRAME_CONV_SPLITS` (1, 2 or 4: parts a tap's weights are staged in) and
 /// `UPFRAME_CONV_LATE_HALO` (0 or 1: the halo's last two rows loaded during the first taps)
+/// and `UPFRAME_CONV_COLUMN` (the most tiles a cube computes one below the other; 1: none)
 /// override it for measurements. `UPFRAME_CONV_ABLATE` (`conv::Ablation`'s bits) leaves parts
 /// of `conv3x3_tiles` out, to time the rest: its results are then wrong.
 fn tile_shape<R: Runtime>(
@@ -208,6 +211,7 @@ fn tile_shape<R: Runtime>(
         splits: knob("UPFRAME_CONV_SPLITS", preferred.splits),
         ablate: knob("UPFRAME_CONV_ABLATE", preferred.ablate as usize) as u32,
         late_halo: knob("UPFRAME_CONV_LATE_HALO", preferred.late_halo as usize) != 0,
+        column: knob("UPFRAME_CONV_COLUMN", preferred.column),
     };
     // One box a side holds at most 256 elements: the halo's pixel, a tap's weight rows.
     let boxes_fit = cin + asked.pad <= 256 && cin * cout <= 256 * conv_mma::WEIGHT_ROW;
@@ -406,9 +410,12 @@ impl<R: Runtime> Engine<R> {
                 )
             };
             if self.tensor_cores {
-                let shape = self.shape;
+                let shape = self.shape.for_picture(width, height, frames);
                 let rows_per_cube = (shape.planes * shape.rows) as u32;
-                let count = CubeCount::Static(w.div_ceil(TILE_X), h.div_ceil(rows_per_cube), n);
+                // Cubes that walk compute `column` tiles each, one below the other.
+                let column = shape.column_for(layer.cin, layer.cout) as u32;
+                let tiles_down = h.div_ceil(rows_per_cube).div_ceil(column);
+                let count = CubeCount::Static(w.div_ceil(TILE_X), tiles_down, n);
                 let dim = CubeDim::new_2d(32, shape.planes as u32);
                 // Safety: 16-byte vectors, 8 halves each; channel counts are multiples of 16.
                 let (input, weight, output) = unsafe {
@@ -536,18 +543,7 @@ impl<R: Runtime> Engine<R> {
                             w,
                             cin,
                             cout,
-                            shape.rows,
-                            shape.planes,
-                            shape.unroll_taps,
-                            shape.pad,
-                            shape.weights_shared,
-                            shape.weight_row(cout),
-                            shape.prefetch,
-                            shape.double_buffered,
-                            shape.wide_epilogue,
-                            shape.splits_for(cin),
-                            shape.late_halo,
-                            shape.ablate,
+                            shape,
                             layer.prelu,
                             batched,
                         )
@@ -742,6 +738,9 @@ impl<R: Runtime> Fused for Engine<R> {
                 } else {
                     ", halo loaded before the first tap"
                 };
+            }
+            if s.column != p.column && !s.asynchronous && !s.mma {
+                variants += &format!(", up to {} tiles a cube down a column", s.column.max(1));
             }
             if s.ablate != 0 && !s.asynchronous && !s.mma {
                 variants += &format!(", parts left out ({:#x}; timing only)", s.ablate);
