@@ -229,9 +229,22 @@ pub(super) fn tile_place(
     }
 }
 
-/// Copies the cube's input tile and its one-pixel halo into shared memory, zeros outside the
-/// picture. `asynchronous` issues `cp.async` copies (a zero-length source writes zeros) that a
-/// barrier must then wait for; otherwise the units load and store the vectors themselves.
+/// `place` for the tile whose first row is `y0`, in the same column.
+#[cube]
+fn tile_at_row(place: TilePlace, y0: i32) -> TilePlace {
+    TilePlace {
+        x0: place.x0,
+        y0,
+        frame_start: place.frame_start,
+        plane: place.plane,
+        lane: place.lane,
+        unit: place.unit,
+    }
+}
+
+/// Copies the cube's input tile and its one-pixel halo into shared memory with `cp.async`
+/// copies (a zero-length source writes zeros, outside the picture), which a barrier must then
+/// wait for. `conv3x3_tiles` loads its halo through `fetch_halo_rows` and `put_halo_rows`.
 #[cube]
 pub(super) fn load_halo(
     input: &Array<Half8>,
@@ -243,49 +256,22 @@ pub(super) fn load_halo(
     #[comptime] pad: usize,
     #[comptime] tile_y: usize,
     #[comptime] units: usize,
-    #[comptime] asynchronous: bool,
 ) {
-    if comptime![asynchronous] {
-        let halo_pixels = comptime![(tile_y + 2) * (TILE_X as usize + 2)];
-        let vectors = comptime![halo_pixels * cin / 8];
-        let halves = comptime![8u32];
-        #[unroll]
-        for load in 0..comptime![vectors.div_ceil(units)] {
-            let i = load * units + place.unit;
-            if i < vectors {
-                let v = halo_vector(i, place, width, height, cin, pad, 0usize);
-                let len = usize::cast_from(v.inside);
-                copy_async_checked(
-                    &input.slice(v.from, v.from + len),
-                    &mut halo.slice_mut(v.to, v.to + 1),
-                    halves,
-                );
-            }
+    let halo_pixels = comptime![(tile_y + 2) * (TILE_X as usize + 2)];
+    let vectors = comptime![halo_pixels * cin / 8];
+    let halves = comptime![8u32];
+    #[unroll]
+    for load in 0..comptime![vectors.div_ceil(units)] {
+        let i = load * units + place.unit;
+        if i < vectors {
+            let v = halo_vector(i, place, width, height, cin, pad, 0usize);
+            let len = usize::cast_from(v.inside);
+            copy_async_checked(
+                &input.slice(v.from, v.from + len),
+                &mut halo.slice_mut(v.to, v.to + 1),
+                halves,
+            );
         }
-    } else {
-        let rows = fetch_halo_rows(
-            input,
-            place,
-            width,
-            height,
-            cin,
-            pad,
-            0usize,
-            tile_y + 2,
-            units,
-        );
-        put_halo_rows(
-            &rows,
-            halo,
-            place,
-            0usize,
-            cin,
-            pad,
-            0usize,
-            tile_y + 2,
-            units,
-            0usize,
-        );
     }
 }
 
@@ -728,14 +714,7 @@ pub fn conv3x3_tiles(
         let mut base = 0usize;
         for _tile in 0..comptime![plan.column] {
             if y0 < height as i32 {
-                let here = TilePlace {
-                    x0: place.x0,
-                    y0,
-                    frame_start: place.frame_start,
-                    plane: place.plane,
-                    lane: place.lane,
-                    unit: place.unit,
-                };
+                let here = tile_at_row(place, y0);
                 tile_steps(
                     input,
                     weight,
@@ -752,10 +731,7 @@ pub fn conv3x3_tiles(
                 );
             }
             y0 += comptime![tile_y as i32];
-            base += tile_y;
-            if base >= comptime![plan.ring] {
-                base -= comptime![plan.ring];
-            }
+            base = ring_slot(base, tile_y, comptime![plan.ring]);
         }
     } else if comptime![plan.prefetch] {
         tile_steps(
@@ -890,14 +866,7 @@ fn tile_steps(
         input, place, width, height, cin, pad, early_rows, late_rows, units,
     );
     // The next tile's halo rows below this tile's last two, which stay.
-    let below = TilePlace {
-        x0: place.x0,
-        y0: place.y0 + comptime![plan.tile_y as i32],
-        frame_start: place.frame_start,
-        plane: place.plane,
-        lane: place.lane,
-        unit: place.unit,
-    };
+    let below = tile_at_row(place, place.y0 + comptime![plan.tile_y as i32]);
     let next_rows = fetch_halo_rows(
         input,
         below,
@@ -981,15 +950,11 @@ fn tile_steps(
             // part goes. The other stays free for the epilogue.
             sync_cube();
             if comptime![ablate & Ablation::HALO == 0] {
-                let mut next_base = base + comptime![plan.tile_y];
-                if next_base >= ring {
-                    next_base -= ring;
-                }
                 put_halo_rows(
                     &next_rows,
                     halo,
                     place,
-                    next_base,
+                    ring_slot(base, comptime![plan.tile_y], ring),
                     cin,
                     pad,
                     2usize,
@@ -1060,6 +1025,13 @@ pub struct TilePlan {
 }
 
 impl TilePlan {
+    /// Shared memory one cube uses: the halo, the weight buffers, the f32 stage, the bias and
+    /// slopes.
+    pub fn shared_bytes(&self) -> usize {
+        let vectors = self.halo_vectors + self.staged_vectors + self.f32_stage_vectors;
+        vectors * 16 + 2 * self.cout * 4
+    }
+
     pub fn new(shape: TileShape, cin: usize, cout: usize, prelu: bool) -> Self {
         let tile_y = shape.planes * shape.rows;
         let prefetch = shape.weights_shared && shape.prefetch;
@@ -1522,7 +1494,7 @@ pub fn conv3x3_tiles_async(
     sync_cube();
 
     load_halo(
-        input, &mut halo, place, width, height, cin, pad, tile_y, units, true,
+        input, &mut halo, place, width, height, cin, pad, tile_y, units,
     );
     stage_weights(
         weight,
@@ -1752,22 +1724,12 @@ impl TileShape {
             let aligned = if self.tma { 256 } else { 0 };
             return halo + 2 * staged_halves(cin, cout, 16) * 2 + cout * 4 + 16 + aligned;
         }
-        let f32_stage = self.planes * 1024;
         if self.asynchronous {
+            // Two weight buffers, the f32 stage, the bias and slopes, and the barriers.
             let buffer = staged_halves(cin, cout, self.weight_row(cout)) * 2;
-            return halo + f32_stage + 2 * cout * 4 + 2 * buffer + 16;
+            return halo + self.planes * 1024 + 2 * cout * 4 + 2 * buffer + 16;
         }
-        let buffer = staged_halves(cin / self.splits_for(cin), cout, self.weight_row(cout)) * 2;
-        let double = self.double_buffered && self.weights_shared && self.prefetch;
-        // `store_tile_wide` stages in a weight buffer or in the halo: no f32 stage.
-        let wide = self.wide_stage_for(cin, cout).is_some();
-        let staged = match (self.weights_shared, double) {
-            (true, true) => 2 * buffer,
-            (true, false) => buffer,
-            (false, _) => 16,
-        };
-        let stage = if double || wide { 16 } else { f32_stage };
-        halo + stage + 2 * cout * 4 + staged
+        TilePlan::new(*self, cin, cout, false).shared_bytes()
     }
 
     /// Where `conv3x3_tiles` stages its outputs for `store_tile_wide` (None: it does not).

@@ -222,7 +222,7 @@ pub fn conv3x3_mma(
     sync_cube();
 
     load_halo(
-        input, &mut halo, place, width, height, cin, pad, tile_y, units, true,
+        input, &mut halo, place, width, height, cin, pad, tile_y, units,
     );
     stage_weights(
         weight,
