@@ -242,6 +242,39 @@ fn tile_at_row(place: TilePlace, y0: i32) -> TilePlace {
     }
 }
 
+/// The tiles of a column a `conv3x3_tiles` cube computes, one below the other: the first, and
+/// how many.
+#[derive(CubeType, Clone, Copy)]
+pub(super) struct RunOfTiles {
+    pub(super) first: u32,
+    pub(super) tiles: u32,
+}
+
+/// This cube's run (`ColumnRuns`): the `long_runs` cubes at the top of a column take `column`
+/// tiles each, the cubes after them one tile each.
+#[cube]
+#[allow(clippy::manual_div_ceil)] // CubeCL expands arithmetic, not `div_ceil`.
+fn run_of_tiles(
+    height: u32,
+    long_runs: u32,
+    #[comptime] tile_y: usize,
+    #[comptime] column: usize,
+) -> RunOfTiles {
+    let (rows, column) = comptime![(tile_y as u32, column as u32)];
+    let down = (height + rows - 1) / rows;
+    let index = CUBE_POS_Y;
+    let mut first = index * column;
+    let mut tiles = column.runtime();
+    if index >= long_runs {
+        first = long_runs * column + (index - long_runs);
+        tiles = 1u32;
+    }
+    if tiles > down - first {
+        tiles = down - first;
+    }
+    RunOfTiles { first, tiles }
+}
+
 /// Copies the cube's input tile and its one-pixel halo into shared memory with `cp.async`
 /// copies (a zero-length source writes zeros, outside the picture), which a barrier must then
 /// wait for. `conv3x3_tiles` loads its halo through `fetch_halo_rows` and `put_halo_rows`.
@@ -667,6 +700,7 @@ pub fn conv3x3_tiles(
     output: &mut Array<Half8>,
     height: u32,
     width: u32,
+    long_runs: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] shape: TileShape,
@@ -676,7 +710,11 @@ pub fn conv3x3_tiles(
     let plan = comptime![TilePlan::new(shape, cin, cout, prelu)];
     let (tile_y, units, weight_row, pad) =
         comptime![(plan.tile_y, plan.units, plan.weight_row, plan.pad)];
-    let place = tile_place(width, height, comptime![tile_y * plan.column], batched);
+    let run = run_of_tiles(height, long_runs, tile_y, comptime![plan.column]);
+    let place = tile_at_row(
+        tile_place(width, height, tile_y, batched),
+        (run.first * comptime![tile_y as u32]) as i32,
+    );
 
     let mut halo = SharedMemory::<Half8>::new(comptime![plan.halo_vectors]);
     let mut stage = SharedMemory::<Float4>::new(comptime![plan.f32_stage_vectors]);
@@ -712,9 +750,14 @@ pub fn conv3x3_tiles(
         let mut y0 = place.y0;
         // The ring's slot of this tile's first halo row.
         let mut base = 0usize;
-        for _tile in 0..comptime![plan.column] {
-            if y0 < height as i32 {
+        for tile in 0..comptime![plan.column] {
+            if (tile as u32) < run.tiles {
                 let here = tile_at_row(place, y0);
+                // Rows below this tile are fetched only for a next tile of the run.
+                let mut next_height = 0u32;
+                if (tile as u32) + 1 < run.tiles {
+                    next_height = height;
+                }
                 tile_steps(
                     input,
                     weight,
@@ -727,6 +770,7 @@ pub fn conv3x3_tiles(
                     base,
                     width,
                     height,
+                    next_height,
                     plan,
                 );
             }
@@ -746,6 +790,7 @@ pub fn conv3x3_tiles(
             0usize,
             width,
             height,
+            0u32,
             plan,
         );
     } else {
@@ -842,6 +887,7 @@ fn tile_steps(
     base: usize,
     width: u32,
     height: u32,
+    next_height: u32,
     #[comptime] plan: TilePlan,
 ) {
     let (cin, cout, pad, rows, units) =
@@ -871,7 +917,7 @@ fn tile_steps(
         input,
         below,
         width,
-        height,
+        next_height,
         cin,
         pad,
         2usize,
@@ -1615,6 +1661,24 @@ pub(super) fn halo_vectors(tile_y: usize, cin: usize, pad: usize) -> usize {
     (tile_y + 2) * (TILE_X as usize + 2) * (cin + pad) / 8
 }
 
+/// How the cubes of a walking layer share each column of tiles: from the top, `long_runs` cubes
+/// of `column` tiles each (the last may be cut short by the picture's edge), then `singles`
+/// cubes of one tile each. The device starts cubes about in order, so the long runs start first
+/// and the single tiles fill the processors that finish early, wherever the long runs left
+/// them unevenly loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColumnRuns {
+    pub long_runs: usize,
+    pub singles: usize,
+}
+
+impl ColumnRuns {
+    /// Cubes down each column.
+    pub fn cubes(&self) -> usize {
+        self.long_runs + self.singles
+    }
+}
+
 /// Cubes a layer of walking cubes (`TileShape::column`) keeps at least: an H200 holds 528 of
 /// Vulkan's cubes at once (132 SMs × 4), and 400 walking cubes at 640x480 lost 10% to 480
 /// (BENCHMARKS.md, "Cubes that walk down a column"). Without a count of the device's
@@ -1647,6 +1711,8 @@ pub struct TileShape {
     pub late_halo: bool,
     /// Tiles a cube computes one below the other, where `column_for` allows (else 1).
     pub column: usize,
+    /// Cubes of one tile each that end a walking layer (about; `ColumnRuns`), 0 for none.
+    pub singles: usize,
     pub planes: usize,
     pub unroll_taps: bool,
     pub pad: usize,
@@ -1776,6 +1842,35 @@ impl TileShape {
             .find(|&c| across * down.div_ceil(c) >= floor)
             .unwrap_or(1);
         Self { column, ..self }
+    }
+
+    /// How the cubes of a layer whose cubes walk `column` tiles share the columns of `frames`
+    /// pictures `height` high and `width` wide (`ColumnRuns`).
+    pub fn column_runs(
+        &self,
+        width: usize,
+        height: usize,
+        frames: usize,
+        column: usize,
+    ) -> ColumnRuns {
+        let across = width.div_ceil(TILE_X as usize) * frames;
+        let down = height.div_ceil(self.planes * self.rows);
+        let all_long = ColumnRuns {
+            long_runs: down.div_ceil(column),
+            singles: 0,
+        };
+        if column <= 1 || self.singles == 0 {
+            return all_long;
+        }
+        let single_rows = self.singles.div_ceil(across);
+        if down < single_rows + column {
+            return all_long;
+        }
+        let long_runs = (down - single_rows) / column;
+        ColumnRuns {
+            long_runs,
+            singles: down - long_runs * column,
+        }
     }
 
     /// The parts a tap's weights travel in for `cin` inputs: `splits` where they divide its
@@ -1947,5 +2042,42 @@ mod tests {
         assert!(walking.finish.wide_in_buffer);
         let one = TileShape { column: 1, ..full };
         assert_eq!(TilePlan::new(one, 64, 64, true).ring, 0);
+    }
+
+    #[test]
+    fn column_runs_cover_every_tile_once_long_runs_first() {
+        let runs = |singles, (w, h), column| {
+            TileShape {
+                singles,
+                ..WGPU_SHAPE
+            }
+            .column_runs(w, h, 1, column)
+        };
+        let run = |long_runs, singles| ColumnRuns { long_runs, singles };
+        // 640x480: 20 columns of 120 tiles. 480 single tiles are 24 rows; 19 runs of 5 take
+        // 95 rows, and the 25 left are single tiles.
+        assert_eq!(runs(480, (640, 480), 5), run(19, 25));
+        // 1080p: 60 columns of 270 tiles; 8 rows of single tiles, 21 runs of 12, 18 rows left.
+        assert_eq!(runs(480, (1920, 1080), 12), run(21, 18));
+        // None asked for, a column of one tile, or too short a column: every cube walks its run,
+        // the last cut short by the picture's edge.
+        assert_eq!(runs(0, (640, 480), 5), run(24, 0));
+        assert_eq!(runs(0, (1920, 1080), 12), run(23, 0));
+        assert_eq!(runs(480, (640, 480), 1), run(120, 0));
+        assert_eq!(runs(480, (20, 12), 2), run(2, 0));
+        for singles in [0, 1, 6, 100, 480, 5000] {
+            for (w, h) in [(20, 12), (40, 21), (640, 480), (1920, 1080), (37, 4000)] {
+                for column in 1..=16 {
+                    let r = runs(singles, (w, h), column);
+                    let down = h.div_ceil(4);
+                    if r.singles > 0 {
+                        assert_eq!(r.long_runs * column + r.singles, down);
+                    } else {
+                        assert!(r.long_runs * column >= down && (r.long_runs - 1) * column < down);
+                    }
+                    assert_eq!(r.cubes(), r.long_runs + r.singles);
+                }
+            }
+        }
     }
 }

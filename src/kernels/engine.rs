@@ -34,6 +34,18 @@ pub struct Engine<R: Runtime> {
     shape: TileShape,
     /// The backend's default shape, which `describe` names differences from.
     preferred: TileShape,
+    /// `LeftOut`'s bits: launches left out, for timing only.
+    left_out: u32,
+}
+
+/// Launches of a forward that `UPFRAME_LAUNCHES_LEFT_OUT` leaves out, to time the rest on any
+/// backend: its results are then wrong.
+pub struct LeftOut;
+
+impl LeftOut {
+    pub const HEAD: u32 = 1;
+    pub const TAIL: u32 = 2;
+    pub const CONVOLUTIONS: u32 = 4;
 }
 
 /// f16 operands, f32 sums, in `m`×`n`×`k` steps.
@@ -116,7 +128,8 @@ unsafe fn half_tensor_map<R: Runtime>(
 /// second of two buffers (one matrix with padded rows, the only layout two of which fit), one
 /// barrier a tap, the taps unrolled ("Where Vulkan's time goes"), its outputs stored 16 pixels
 /// at a time through the free buffer, each cube computing up to 12 tiles down a column ("Cubes
-/// that walk down a column"). Both pad a pixel's channels by 8 halves.
+/// that walk down a column"), about 240 tiles at the bottom of the columns left to cubes of one
+/// tile each ("A layer's last cubes"). Both pad a pixel's channels by 8 halves.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
@@ -134,6 +147,7 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     ablate: 0,
     late_halo: false,
     column: 1,
+    singles: 0,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
     rows: 1,
@@ -152,6 +166,7 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     ablate: 0,
     late_halo: false,
     column: 12,
+    singles: 240,
 };
 
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
@@ -167,6 +182,7 @@ pub const WGPU_SHAPE: TileShape = TileShape {
 /// `UPFRAME_CONV_SPLITS` (1, 2 or 4: parts a tap's weights are staged in) and
 /// `UPFRAME_CONV_LATE_HALO` (0 or 1: the halo's last two rows loaded during the first taps)
 /// and `UPFRAME_CONV_COLUMN` (the most tiles a cube computes one below the other; 1: none)
+/// and `UPFRAME_CONV_SINGLES` (about how many one-tile cubes end a walking layer; 0: none)
 /// override it for measurements. `UPFRAME_CONV_ABLATE` (`conv::Ablation`'s bits) leaves parts
 /// of `conv3x3_tiles` out, to time the rest: its results are then wrong.
 fn tile_shape<R: Runtime>(
@@ -212,6 +228,7 @@ fn tile_shape<R: Runtime>(
         ablate: knob("UPFRAME_CONV_ABLATE", preferred.ablate as usize) as u32,
         late_halo: knob("UPFRAME_CONV_LATE_HALO", preferred.late_halo as usize) != 0,
         column: knob("UPFRAME_CONV_COLUMN", preferred.column),
+        singles: knob("UPFRAME_CONV_SINGLES", preferred.singles),
     };
     // One box a side holds at most 256 elements: the halo's pixel, a tap's weight rows.
     let boxes_fit = cin + asked.pad <= 256 && cin * cout <= 256 * conv_mma::WEIGHT_ROW;
@@ -287,8 +304,13 @@ impl<R: Runtime> Engine<R> {
                 prelu: l.slopes.is_some(),
             })
             .collect();
+        let left_out = std::env::var("UPFRAME_LAUNCHES_LEFT_OUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Self {
             preferred,
+            left_out,
             client,
             layers,
             scale: net.scale,
@@ -381,25 +403,31 @@ impl<R: Runtime> Engine<R> {
         let head = &self.layers[0];
         let mut x = client.empty(pixels * head.cout * size_of::<F>());
         let cube = CubeDim::new_1d(256);
-        unsafe {
-            conv::head::launch_unchecked::<F, R>(
-                client,
-                calculate_cube_count_elemwise(client, pixels, cube),
-                cube,
-                ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
-                ArrayArg::from_raw_parts(head.weight.clone(), 9 * head.cin * head.cout / 4),
-                ArrayArg::from_raw_parts(head.bias.clone(), head.cout),
-                ArrayArg::from_raw_parts(head.slope.clone(), head.cout),
-                ArrayArg::from_raw_parts(x.clone(), pixels * head.cout / 4),
-                h,
-                w,
-                n,
-                head.cin,
-                head.cout,
-                frames > 1,
-            )
+        if self.left_out & LeftOut::HEAD == 0 {
+            unsafe {
+                conv::head::launch_unchecked::<F, R>(
+                    client,
+                    calculate_cube_count_elemwise(client, pixels, cube),
+                    cube,
+                    ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
+                    ArrayArg::from_raw_parts(head.weight.clone(), 9 * head.cin * head.cout / 4),
+                    ArrayArg::from_raw_parts(head.bias.clone(), head.cout),
+                    ArrayArg::from_raw_parts(head.slope.clone(), head.cout),
+                    ArrayArg::from_raw_parts(x.clone(), pixels * head.cout / 4),
+                    h,
+                    w,
+                    n,
+                    head.cin,
+                    head.cout,
+                    frames > 1,
+                )
+            };
+        }
+        let convolutions = match self.left_out & LeftOut::CONVOLUTIONS {
+            0 => &self.layers[1..],
+            _ => &[],
         };
-        for layer in &self.layers[1..] {
+        for layer in convolutions {
             let y = client.empty(pixels * layer.cout * size_of::<F>());
             // Safety: each length is the element count of the buffer created for it above.
             let params = unsafe {
@@ -413,9 +441,13 @@ impl<R: Runtime> Engine<R> {
                 let shape = self.shape.for_picture(width, height, frames);
                 let rows_per_cube = (shape.planes * shape.rows) as u32;
                 // Cubes that walk compute `column` tiles each, one below the other.
-                let column = shape.column_for(layer.cin, layer.cout) as u32;
-                let tiles_down = h.div_ceil(rows_per_cube).div_ceil(column);
-                let count = CubeCount::Static(w.div_ceil(TILE_X), tiles_down, n);
+                let column = shape.column_for(layer.cin, layer.cout);
+                let runs = shape.column_runs(width, height, frames, column);
+                let cubes_down = match column {
+                    1 => h.div_ceil(rows_per_cube),
+                    _ => runs.cubes() as u32,
+                };
+                let count = CubeCount::Static(w.div_ceil(TILE_X), cubes_down, n);
                 let dim = CubeDim::new_2d(32, shape.planes as u32);
                 // Safety: 16-byte vectors, 8 halves each; channel counts are multiples of 16.
                 let (input, weight, output) = unsafe {
@@ -541,6 +573,7 @@ impl<R: Runtime> Engine<R> {
                             output,
                             h,
                             w,
+                            runs.long_runs as u32,
                             cin,
                             cout,
                             shape,
@@ -586,27 +619,33 @@ impl<R: Runtime> Engine<R> {
             (client.empty(4), 1, client.empty(kept * 3 * 4), kept * 3)
         };
         let last = self.layers.last().expect("a recognised network has layers");
-        unsafe {
-            conv::tail::launch_unchecked::<F, R>(
-                client,
-                calculate_cube_count_elemwise(client, kept, cube),
-                cube,
-                ArrayArg::from_raw_parts(x.clone(), pixels * last.cout),
-                ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
-                ArrayArg::from_raw_parts(rgb.clone(), rgb_len),
-                ArrayArg::from_raw_parts(out_planes.clone(), planes_len),
-                h,
-                w,
-                kx as u32,
-                ky as u32,
-                kw as u32,
-                kh as u32,
-                n,
-                self.scale,
-                packed,
-                frames > 1,
-            )
-        };
+        if convolutions.is_empty() {
+            // The tail reads a buffer of the last convolution's size.
+            x = client.empty(pixels * last.cout * size_of::<F>());
+        }
+        if self.left_out & LeftOut::TAIL == 0 {
+            unsafe {
+                conv::tail::launch_unchecked::<F, R>(
+                    client,
+                    calculate_cube_count_elemwise(client, kept, cube),
+                    cube,
+                    ArrayArg::from_raw_parts(x.clone(), pixels * last.cout),
+                    ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
+                    ArrayArg::from_raw_parts(rgb.clone(), rgb_len),
+                    ArrayArg::from_raw_parts(out_planes.clone(), planes_len),
+                    h,
+                    w,
+                    kx as u32,
+                    ky as u32,
+                    kw as u32,
+                    kh as u32,
+                    n,
+                    self.scale,
+                    packed,
+                    frames > 1,
+                )
+            };
+        }
         if packed {
             rgb
         } else {
@@ -667,10 +706,20 @@ impl<R: Runtime> Fused for Engine<R> {
 
     fn timing_only(&self) -> bool {
         let s = self.shape;
-        self.tensor_cores && s.ablate != 0 && !s.asynchronous && !s.mma
+        self.left_out != 0 || self.tensor_cores && s.ablate != 0 && !s.asynchronous && !s.mma
     }
 
     fn describe(&self) -> String {
+        let kernels = self.describe_kernels();
+        match self.left_out {
+            0 => kernels,
+            bits => format!("{kernels}, launches left out ({bits:#x}; timing only)"),
+        }
+    }
+}
+
+impl<R: Runtime> Engine<R> {
+    fn describe_kernels(&self) -> String {
         if self.tensor_cores {
             let (s, p) = (self.shape, self.preferred);
             let mut variants = String::new();
@@ -741,6 +790,9 @@ impl<R: Runtime> Fused for Engine<R> {
             }
             if s.column != p.column && !s.asynchronous && !s.mma {
                 variants += &format!(", up to {} tiles a cube down a column", s.column.max(1));
+            }
+            if s.singles != p.singles && !s.asynchronous && !s.mma {
+                variants += &format!(", about {} one-tile cubes end a walking layer", s.singles);
             }
             if s.ablate != 0 && !s.asynchronous && !s.mma {
                 variants += &format!(", parts left out ({:#x}; timing only)", s.ablate);

@@ -113,7 +113,8 @@ pub fn fused_for<D: Any>(
     verified(fused, graph, scale)
 }
 
-/// `fused_for` for `upframe bench`: kernels with parts left out (`UPFRAME_CONV_ABLATE`) are
+/// `fused_for` for `upframe bench`: kernels with parts left out (`UPFRAME_CONV_ABLATE`,
+/// `UPFRAME_LAUNCHES_LEFT_OUT`) are
 /// wrong on purpose, so they are timed without the check (and `fused_for` refuses them).
 pub fn fused_for_timing<D: Any>(
     graph: &Graph,
