@@ -1828,14 +1828,21 @@ impl TileShape {
         }
     }
 
+    /// Tiles across `frames` pictures of `width` × `height` side by side, and tiles down.
+    fn tiles(&self, width: usize, height: usize, frames: usize) -> (usize, usize) {
+        (
+            width.div_ceil(TILE_X as usize) * frames,
+            height.div_ceil(self.planes * self.rows),
+        )
+    }
+
     /// This shape for a batch of `frames` pictures of `width` × `height`: its column shortened
     /// until the picture's tiles spread over `MIN_WALKING_CUBES` cubes, or, for a picture of
     /// fewer tiles than that, over half as many cubes as tiles. Such a picture leaves a large
     /// device mostly idle anyway; walking there costs it at most a second tile a cube, and
     /// `verify`'s small picture runs walking cubes.
     pub fn for_picture(self, width: usize, height: usize, frames: usize) -> Self {
-        let across = width.div_ceil(TILE_X as usize) * frames;
-        let down = height.div_ceil(self.planes * self.rows);
+        let (across, down) = self.tiles(width, height, frames);
         let floor = MIN_WALKING_CUBES.min((across * down).div_ceil(2));
         let column = (1..=self.column.max(1))
             .rev()
@@ -1853,8 +1860,7 @@ impl TileShape {
         frames: usize,
         column: usize,
     ) -> ColumnRuns {
-        let across = width.div_ceil(TILE_X as usize) * frames;
-        let down = height.div_ceil(self.planes * self.rows);
+        let (across, down) = self.tiles(width, height, frames);
         let all_long = ColumnRuns {
             long_runs: down.div_ceil(column),
             singles: 0,

@@ -169,6 +169,14 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     singles: 240,
 };
 
+/// A measurement knob: the environment variable `name` as a number, else `default`.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The tile shape of `conv3x3_tiles`: `preferred` where its input tile fits the device's shared
 /// memory (Vulkan often allows 48 KiB), else the largest smaller one, with one weight buffer if
 /// two do not fit. `UPFRAME_CONV_ROWS`,
@@ -191,12 +199,6 @@ fn tile_shape<R: Runtime>(
     cin: usize,
     cout: usize,
 ) -> TileShape {
-    let knob = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     // Without asynchronous copies, the synchronous kernel's own best (not the asynchronous
     // shape with its copies turned off: packed weights lose there).
     let preferred = if preferred.asynchronous && !client.properties().features.copy_async {
@@ -304,10 +306,7 @@ impl<R: Runtime> Engine<R> {
                 prelu: l.slopes.is_some(),
             })
             .collect();
-        let left_out = std::env::var("UPFRAME_LAUNCHES_LEFT_OUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let left_out = knob("UPFRAME_LAUNCHES_LEFT_OUT", 0) as u32;
         Self {
             preferred,
             left_out,
@@ -439,15 +438,11 @@ impl<R: Runtime> Engine<R> {
             };
             if self.tensor_cores {
                 let shape = self.shape.for_picture(width, height, frames);
-                let rows_per_cube = (shape.planes * shape.rows) as u32;
-                // Cubes that walk compute `column` tiles each, one below the other.
+                // Cubes that walk compute runs of up to `column` tiles, one below the other
+                // (with a column of 1, one cube a tile).
                 let column = shape.column_for(layer.cin, layer.cout);
                 let runs = shape.column_runs(width, height, frames, column);
-                let cubes_down = match column {
-                    1 => h.div_ceil(rows_per_cube),
-                    _ => runs.cubes() as u32,
-                };
-                let count = CubeCount::Static(w.div_ceil(TILE_X), cubes_down, n);
+                let count = CubeCount::Static(w.div_ceil(TILE_X), runs.cubes() as u32, n);
                 let dim = CubeDim::new_2d(32, shape.planes as u32);
                 // Safety: 16-byte vectors, 8 halves each; channel counts are multiples of 16.
                 let (input, weight, output) = unsafe {
