@@ -42,14 +42,23 @@ pub(super) fn prelu_if(value: f32, slope: f32, #[comptime] prelu: bool) -> f32 {
     }
 }
 
+/// How `head` divides the first layer of `cout` outputs, as (`split`, `px`): each unit sums `px`
+/// neighbouring pixels of a row for a quarter of their outputs where `cout` is a multiple of 16,
+/// else for all. One weight loaded from shared memory then serves `px` sums.
+pub fn head_units(cout: usize) -> (usize, usize) {
+    let split = if cout.is_multiple_of(16) { 4 } else { 1 };
+    (split, 4)
+}
+
 /// Four floats: the head's unit of weights, sums and stores.
 type Quad<F> = Vector<F, Const<4>>;
 
-/// One unit per pixel, all output channels: the first layer has only three input channels, so a
-/// unit reads its 27 inputs once and reuses each for every output. The cube's units share the
-/// weights through shared memory (the same address for the whole plane: one broadcast read) and
-/// write a pixel's outputs four channels per store.
+/// The first layer, on plain arithmetic (it has only three input channels): a unit sums `px`
+/// neighbouring pixels of a row for every `split`-th group of four outputs, so that each weight
+/// it loads from shared memory serves `px` sums (one load per 4·px multiply-adds), and a
+/// pixel's `split` units store its outputs side by side.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn head<F: Float>(
     input: &Array<f32>,
     weight: &Array<Quad<f32>>,
@@ -61,66 +70,95 @@ pub fn head<F: Float>(
     frames: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
+    #[comptime] split: usize,
+    #[comptime] px: usize,
     #[comptime] batched: bool,
 ) {
     let quads = comptime![cout / 4];
+    let mine = comptime![cout / 4 / split];
     let weight_quads = comptime![9 * cin * cout / 4];
     let mut weights = SharedMemory::<Quad<f32>>::new(weight_quads);
+    let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
     let mut i = UNIT_POS as usize;
     while i < weight_quads {
         weights[i] = weight[i];
         i += CUBE_DIM as usize;
     }
+    let mut c = UNIT_POS as usize;
+    while c < cout {
+        epilogue[c] = bias[c];
+        epilogue[cout + c] = slope[c];
+        c += CUBE_DIM as usize;
+    }
     sync_cube();
 
     let w = width as usize;
-    let plane = w * height as usize;
-    let pixel = ABSOLUTE_POS;
-    let mut pixels = plane;
+    let h = height as usize;
+    let plane = w * h;
+    let mut rows = h;
     if comptime![batched] {
-        pixels = plane * frames as usize;
+        rows = h * frames as usize;
     }
-    if pixel < pixels {
-        let mut first_plane = 0usize;
-        let mut within = pixel;
-        if comptime![batched] {
-            first_plane = (pixel / plane) * cin * plane;
-            within = pixel % plane;
-        }
-        let x = (within % w) as i32;
-        let y = (within / w) as i32;
-        let mut acc = Array::<Quad<f32>>::new(quads);
+    let group = ABSOLUTE_POS % split;
+    let block = ABSOLUTE_POS / split;
+    let blocks_per_row = (w + px - 1) / px;
+    if block < blocks_per_row * rows {
+        let row = block / blocks_per_row;
+        let x0 = (block % blocks_per_row * px) as i32;
+        let y = (row % h) as i32;
+        let frame = row / h;
+        let first_plane = frame * cin * plane;
+        let mut acc = Array::<Quad<f32>>::new(comptime![px * mine]);
         #[unroll]
-        for q in 0..quads {
-            acc[q] = Quad::<f32>::new(0.0);
+        for k in 0..comptime![px * mine] {
+            acc[k] = Quad::<f32>::new(0.0);
         }
         #[unroll]
         for tap in 0..9usize {
-            let sx = x + (tap % 3) as i32 - 1;
             let sy = y + (tap / 3) as i32 - 1;
-            if sx >= 0 && sx < width as i32 && sy >= 0 && sy < height as i32 {
-                let at = sy as usize * w + sx as usize;
+            if sy >= 0 && sy < height as i32 {
                 #[unroll]
                 for ci in 0..cin {
-                    let v = Quad::<f32>::new(input[first_plane + ci * plane + at]);
-                    let row = (tap * cin + ci) * quads;
+                    let row_w = (tap * cin + ci) * quads + group;
+                    let mut wq = Array::<Quad<f32>>::new(mine);
                     #[unroll]
-                    for q in 0..quads {
-                        acc[q] += v * weights[row + q];
+                    for k in 0..mine {
+                        wq[k] = weights[row_w + k * split];
+                    }
+                    #[unroll]
+                    for p in 0..px {
+                        let sx = x0 + p as i32 + (tap % 3) as i32 - 1;
+                        if sx >= 0 && sx < width as i32 {
+                            let at = first_plane + ci * plane + sy as usize * w + sx as usize;
+                            let v = Quad::<f32>::new(input[at]);
+                            #[unroll]
+                            for k in 0..mine {
+                                acc[p * mine + k] += v * wq[k];
+                            }
+                        }
                     }
                 }
             }
         }
         #[unroll]
-        for q in 0..quads {
-            let sums = acc[q];
-            let mut out = Quad::<F>::empty();
-            #[unroll]
-            for j in 0..4usize {
-                let ch = q * 4 + j;
-                out[j] = F::cast_from(prelu_if(sums[j] + bias[ch], slope[ch], true));
+        for p in 0..px {
+            let x = x0 as usize + p;
+            if x < w {
+                let pixel = frame * plane + y as usize * w + x;
+                #[unroll]
+                for k in 0..mine {
+                    let q = group + k * split;
+                    let sums = acc[p * mine + k];
+                    let mut out = Quad::<F>::empty();
+                    #[unroll]
+                    for j in 0..4usize {
+                        let ch = q * 4 + j;
+                        let value = sums[j] + epilogue[ch];
+                        out[j] = F::cast_from(prelu_if(value, epilogue[cout + ch], true));
+                    }
+                    output[pixel * quads + q] = out;
+                }
             }
-            output[pixel * quads + q] = out;
         }
     }
 }
@@ -1976,6 +2014,16 @@ mod tests {
     /// Vulkan's 48 KiB a workgroup, against the shapes BENCHMARKS.md measured there (64 channels
     /// in and out): the default fits, and 2 rows x 3 planes with one weight buffer fits only
     /// because `store_tile_wide` stages in that buffer instead of an f32 stage.
+    #[test]
+    fn head_units_share_every_output_quad_evenly() {
+        for cout in (HEAD_QUAD..=256).step_by(HEAD_QUAD) {
+            let (split, px) = head_units(cout);
+            assert_eq!((cout / 4) % split, 0, "{cout} outputs");
+            assert!(px >= 1);
+        }
+        assert_eq!(head_units(64), (4, 4));
+    }
+
     #[test]
     fn vulkan_shapes_fit_48_kib_as_measured() {
         let limit = 48 * 1024;

@@ -403,10 +403,12 @@ impl<R: Runtime> Engine<R> {
         let mut x = client.empty(pixels * head.cout * size_of::<F>());
         let cube = CubeDim::new_1d(256);
         if self.left_out & LeftOut::HEAD == 0 {
+            let (split, px) = conv::head_units(head.cout);
+            let units = width.div_ceil(px) * height * frames * split;
             unsafe {
                 conv::head::launch_unchecked::<F, R>(
                     client,
-                    calculate_cube_count_elemwise(client, pixels, cube),
+                    calculate_cube_count_elemwise(client, units, cube),
                     cube,
                     ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
                     ArrayArg::from_raw_parts(head.weight.clone(), 9 * head.cin * head.cout / 4),
@@ -418,6 +420,8 @@ impl<R: Runtime> Engine<R> {
                     n,
                     head.cin,
                     head.cout,
+                    split,
+                    px,
                     frames > 1,
                 )
             };
