@@ -2011,9 +2011,6 @@ mod tests {
     use super::*;
     use crate::kernels::engine::WGPU_SHAPE;
 
-    /// Vulkan's 48 KiB a workgroup, against the shapes BENCHMARKS.md measured there (64 channels
-    /// in and out): the default fits, and 2 rows x 3 planes with one weight buffer fits only
-    /// because `store_tile_wide` stages in that buffer instead of an f32 stage.
     #[test]
     fn head_units_share_every_output_quad_evenly() {
         for cout in (HEAD_QUAD..=256).step_by(HEAD_QUAD) {
@@ -2024,6 +2021,9 @@ mod tests {
         assert_eq!(head_units(64), (4, 4));
     }
 
+    /// Vulkan's 48 KiB a workgroup, against the shapes BENCHMARKS.md measured there (64 channels
+    /// in and out): the default fits, and 2 rows x 3 planes with one weight buffer fits only
+    /// because `store_tile_wide` stages in that buffer instead of an f32 stage.
     #[test]
     fn vulkan_shapes_fit_48_kib_as_measured() {
         let limit = 48 * 1024;
