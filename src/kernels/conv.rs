@@ -59,6 +59,7 @@ type Quad<F> = Vector<F, Const<4>>;
 /// pixel's `split` units store its outputs side by side.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::manual_div_ceil)] // CubeCL expands arithmetic, not `div_ceil`.
 pub fn head<F: Float>(
     input: &Array<f32>,
     weight: &Array<Quad<f32>>,
@@ -105,9 +106,17 @@ pub fn head<F: Float>(
     if block < blocks_per_row * rows {
         let row = block / blocks_per_row;
         let x0 = (block % blocks_per_row * px) as i32;
-        let y = (row % h) as i32;
-        let frame = row / h;
-        let first_plane = frame * cin * plane;
+        // A single picture skips the per-frame arithmetic.
+        let mut y = row;
+        let mut first_plane = 0usize;
+        let mut first_pixel = 0usize;
+        if comptime![batched] {
+            y = row % h;
+            let frame = row / h;
+            first_plane = frame * cin * plane;
+            first_pixel = frame * plane;
+        }
+        let y = y as i32;
         let mut acc = Array::<Quad<f32>>::new(comptime![px * mine]);
         #[unroll]
         for k in 0..comptime![px * mine] {
@@ -144,7 +153,7 @@ pub fn head<F: Float>(
         for p in 0..px {
             let x = x0 as usize + p;
             if x < w {
-                let pixel = frame * plane + y as usize * w + x;
+                let pixel = first_pixel + y as usize * w + x;
                 #[unroll]
                 for k in 0..mine {
                     let q = group + k * split;
