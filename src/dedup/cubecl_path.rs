@@ -48,6 +48,7 @@ fn luma(r: u32, g: u32, b: u32, shift: u32) -> u32 {
 /// One cube per region k of the 8x8 grid over the cells at `at`: its units share the region's
 /// cell pairs, and the region's luma sum goes to `result[k]`.
 #[cube(launch_unchecked)]
+#[allow(clippy::manual_div_ceil)] // CubeCL expands arithmetic, not `div_ceil`.
 fn regions(
     ring: &Array<u32>,
     result: &mut Array<u32>,
@@ -119,6 +120,7 @@ fn distance(a: u32, b: u32) -> u32 {
 /// region sums in `result`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::manual_div_ceil)] // CubeCL expands arithmetic, not `div_ceil`.
 fn compare(
     ring: &Array<u32>,
     result: &mut Array<u32>,

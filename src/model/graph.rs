@@ -251,7 +251,7 @@ fn node_shape(node: &Node, inputs: &[Shape]) -> Result<Shape, String> {
         }
         Op::Activation(_) => Ok(first),
         Op::PixelShuffle(f) => {
-            if first.c % (f * f) != 0 {
+            if !first.c.is_multiple_of(f * f) {
                 return Err(format!(
                     "{} channels do not divide by the factor {f} squared",
                     first.c

@@ -627,7 +627,7 @@ mod tests {
         for v in values {
             out.extend(half::f16::from_f32(*v).to_le_bytes());
         }
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
         out
