@@ -69,11 +69,14 @@ pub fn head<F: Float>(
     height: u32,
     width: u32,
     frames: u32,
+    padded_width: u32,
+    padded_rows: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] split: usize,
     #[comptime] px: usize,
     #[comptime] batched: bool,
+    #[comptime] blocked: bool,
 ) {
     let quads = comptime![cout / 4];
     let mine = comptime![cout / 4 / split];
@@ -108,11 +111,12 @@ pub fn head<F: Float>(
         let x0 = (block % blocks_per_row * px) as i32;
         // A single picture skips the per-frame arithmetic.
         let mut y = row;
+        let mut frame = 0usize;
         let mut first_plane = 0usize;
         let mut first_pixel = 0usize;
         if comptime![batched] {
             y = row % h;
-            let frame = row / h;
+            frame = row / h;
             first_plane = frame * cin * plane;
             first_pixel = frame * plane;
         }
@@ -165,7 +169,35 @@ pub fn head<F: Float>(
                         let value = sums[j] + epilogue[ch];
                         out[j] = F::cast_from(prelu_if(value, epilogue[cout + ch], true));
                     }
-                    output[pixel * quads + q] = out;
+                    if comptime![blocked] {
+                        let blocks = comptime![cout / 16];
+                        let (xi, yi) = (x as i32, y);
+                        let block =
+                            blocked_index(frame, yi, xi, q / 4, blocks, padded_width, padded_rows);
+                        output[block * 4 + q % 4] = out;
+                        // Edge pixels zero the border beside them, corners included.
+                        if xi == 0 || x == w - 1 || yi == 0 || yi == height as i32 - 1 {
+                            #[unroll]
+                            for n in 0..9usize {
+                                let ny = yi + (n / 3) as i32 - 1;
+                                let nx = xi + (n % 3) as i32 - 1;
+                                if ny < 0 || ny >= height as i32 || nx < 0 || nx >= width as i32 {
+                                    let border = blocked_index(
+                                        frame,
+                                        ny,
+                                        nx,
+                                        q / 4,
+                                        blocks,
+                                        padded_width,
+                                        padded_rows,
+                                    );
+                                    output[border * 4 + q % 4] = Quad::<F>::new(F::new(0.0));
+                                }
+                            }
+                        }
+                    } else {
+                        output[pixel * quads + q] = out;
+                    }
                 }
             }
         }
@@ -247,6 +279,12 @@ pub(super) struct TilePlace {
     pub(super) x0: i32,
     pub(super) y0: i32,
     pub(super) frame_start: usize,
+    /// The frame's index in a batch (0 for a single picture).
+    pub(super) frame: usize,
+    /// A channel-blocked activation buffer's row of pixels and a frame's rows
+    /// (`BlockedLayout`), zero where activations are laid out pixel after pixel.
+    pub(super) padded_width: u32,
+    pub(super) padded_rows: u32,
     pub(super) plane: usize,
     pub(super) lane: usize,
     pub(super) unit: usize,
@@ -256,13 +294,17 @@ pub(super) struct TilePlace {
 pub(super) fn tile_place(
     width: u32,
     height: u32,
+    padded_width: u32,
+    padded_rows: u32,
     #[comptime] tile_y: usize,
     #[comptime] batched: bool,
 ) -> TilePlace {
     // Frames of a batch follow each other; each has its own layer of cubes in z.
     let mut frame_start = 0usize;
+    let mut frame = 0usize;
     if comptime![batched] {
-        frame_start = CUBE_POS_Z as usize * width as usize * height as usize;
+        frame = CUBE_POS_Z as usize;
+        frame_start = frame * width as usize * height as usize;
     }
     let plane = UNIT_POS_Y as usize;
     let lane = UNIT_POS_X as usize;
@@ -270,6 +312,9 @@ pub(super) fn tile_place(
         x0: (CUBE_POS_X * TILE_X) as i32,
         y0: CUBE_POS_Y as i32 * tile_y as i32,
         frame_start,
+        frame,
+        padded_width,
+        padded_rows,
         plane,
         lane,
         unit: plane * 32 + lane,
@@ -283,6 +328,9 @@ fn tile_at_row(place: TilePlace, y0: i32) -> TilePlace {
         x0: place.x0,
         y0,
         frame_start: place.frame_start,
+        frame: place.frame,
+        padded_width: place.padded_width,
+        padded_rows: place.padded_rows,
         plane: place.plane,
         lane: place.lane,
         unit: place.unit,
@@ -637,6 +685,190 @@ fn multiply_tap(
     }
 }
 
+/// Activations between our kernels where `TileShape::blocked` holds. A frame has `padded_rows`
+/// rows, from the row above the picture to the one below its last tile; a row holds each
+/// 16-channel block of `padded_width` pixels in turn, from the column left of the picture to
+/// the one right of its last tile, 16 halves a pixel. So 16 neighbouring pixels' block is 512
+/// contiguous bytes: one tensor-core operand, read from global memory without a halo in shared
+/// memory. The kernel that writes a buffer zeros the picture's border (the row and column
+/// beside each edge); what lies further out only meets outputs that are never kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockedLayout {
+    pub padded_width: usize,
+    pub padded_rows: usize,
+}
+
+impl BlockedLayout {
+    /// The layout of a `width` × `height` picture in tiles `tile_y` rows high.
+    pub fn new(width: usize, height: usize, tile_y: usize) -> Self {
+        let tile_x = TILE_X as usize;
+        Self {
+            padded_width: width.div_ceil(tile_x) * tile_x + 2,
+            padded_rows: height.div_ceil(tile_y) * tile_y + 2,
+        }
+    }
+
+    /// Halves of `frames` such pictures of `channels` (a multiple of 16).
+    pub fn halves(&self, frames: usize, channels: usize) -> usize {
+        frames * self.padded_rows * self.padded_width * channels
+    }
+}
+
+/// Where 16-channel block `block` of pixel (`x`, `y`) of the tile's frame starts in a
+/// channel-blocked activation buffer (`BlockedLayout`), in units of 16 halves. `x` and `y` may
+/// be -1 or one past the picture: its border of zeros.
+#[cube]
+pub(super) fn blocked_at(
+    place: TilePlace,
+    frame: usize,
+    y: i32,
+    x: i32,
+    block: usize,
+    #[comptime] blocks: usize,
+) -> usize {
+    blocked_index(
+        frame,
+        y,
+        x,
+        block,
+        blocks,
+        place.padded_width,
+        place.padded_rows,
+    )
+}
+
+/// `blocked_at` for a buffer of `padded_rows` rows a frame, `padded_width` pixels a row.
+#[cube]
+pub(super) fn blocked_index(
+    frame: usize,
+    y: i32,
+    x: i32,
+    block: usize,
+    #[comptime] blocks: usize,
+    padded_width: u32,
+    padded_rows: u32,
+) -> usize {
+    let row = frame * padded_rows as usize + (y + 1) as usize;
+    (row * blocks + block) * padded_width as usize + (x + 1) as usize
+}
+
+/// `multiply_tap` with each 16-pixel operand read straight from a channel-blocked input in
+/// global memory (512 contiguous bytes), whose border of zeros stands in for the halo's.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn multiply_tap_blocked(
+    input: &Array<Half8>,
+    weights: &Slice<Half8>,
+    acc: &Sequence<cmma::Matrix<f32>>,
+    place: TilePlace,
+    dy: usize,
+    dx: usize,
+    #[comptime] cin: usize,
+    #[comptime] cout: usize,
+    #[comptime] rows: usize,
+    #[comptime] weight_row: usize,
+) {
+    let m_frags = comptime![TILE_X as usize / 16];
+    let n_frags = comptime![cout / 16];
+    let k_frags = comptime![cin / 16];
+    let row_vectors = comptime![weight_row / 8];
+    #[unroll]
+    for kf in 0..k_frags {
+        let mut a = Sequence::<cmma::Matrix<f16>>::new();
+        #[unroll]
+        for r in 0..rows {
+            let y = place.y0 + (place.plane * rows + r + dy) as i32 - 1;
+            #[unroll]
+            for mf in 0..m_frags {
+                let x = place.x0 + (mf * 16 + dx) as i32 - 1;
+                let start = blocked_at(place, place.frame, y, x, kf, k_frags) * 2;
+                let operand = f16_operand(cmma::MatrixIdent::A);
+                cmma::load(&operand, &input.slice(start, start + 32), 16u32);
+                a.push(operand);
+            }
+        }
+        #[unroll]
+        for nf in 0..n_frags {
+            let at = operand_vector(kf, nf, cout, weight_row);
+            let b = f16_operand(cmma::MatrixIdent::B);
+            cmma::load(
+                &b,
+                &weights.slice(at, at + 15 * row_vectors + 2),
+                weight_row as u32,
+            );
+            #[unroll]
+            for m in 0..rows * m_frags {
+                let c = acc.index(m * n_frags + nf);
+                cmma::execute::<f16, f16, f32, f32>(a.index(m), &b, c, c);
+            }
+        }
+    }
+}
+
+/// Zeros the border of a channel-blocked output next to this tile: the column left of the
+/// picture and the one right of it beside the tile's rows, and the rows above and below the
+/// picture across the tile's columns and the corners. Other cubes write the rest; the memory
+/// such a buffer reuses holds anything.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn zero_border(
+    output: &mut Array<Half8>,
+    place: TilePlace,
+    width: u32,
+    height: u32,
+    #[comptime] cout: usize,
+    #[comptime] tile_y: usize,
+    #[comptime] units: usize,
+) {
+    let blocks = comptime![cout / 16];
+    let pixel_vectors = comptime![cout / 8];
+    let (w, h) = (width as i32, height as i32);
+    let zero = Half8::new(f16::new(0.0));
+    let left = place.x0 == 0;
+    let right = place.x0 + TILE_X as i32 >= w;
+    if left || right {
+        let column = comptime![tile_y * pixel_vectors];
+        #[unroll]
+        for load in 0..comptime![(2 * column).div_ceil(units)] {
+            let i = load * units + place.unit;
+            let side = i / column;
+            let r = (i % column) / pixel_vectors;
+            let v = i % pixel_vectors;
+            let y = place.y0 + r as i32;
+            let mut x = comptime![-1i32].runtime();
+            let mut wanted = left;
+            if side == 1 {
+                x = w;
+                wanted = right;
+            }
+            if i < 2 * column && wanted && y < h {
+                output[blocked_at(place, place.frame, y, x, v / 2, blocks) * 2 + v % 2] = zero;
+            }
+        }
+    }
+    let top = place.y0 == 0;
+    let bottom = place.y0 + tile_y as i32 >= h;
+    if top || bottom {
+        let row = comptime![(TILE_X as usize + 2) * pixel_vectors];
+        #[unroll]
+        for load in 0..comptime![(2 * row).div_ceil(units)] {
+            let i = load * units + place.unit;
+            let side = i / row;
+            let x = place.x0 - 1 + ((i % row) / pixel_vectors) as i32;
+            let v = i % pixel_vectors;
+            let mut y = comptime![-1i32].runtime();
+            let mut wanted = top;
+            if side == 1 {
+                y = h;
+                wanted = bottom;
+            }
+            if i < 2 * row && wanted && x <= w {
+                output[blocked_at(place, place.frame, y, x, v / 2, blocks) * 2 + v % 2] = zero;
+            }
+        }
+    }
+}
+
 #[cube]
 fn zero_accumulators(#[comptime] count: usize) -> Sequence<cmma::Matrix<f32>> {
     let mut acc = Sequence::<cmma::Matrix<f32>>::new();
@@ -748,6 +980,8 @@ pub fn conv3x3_tiles(
     height: u32,
     width: u32,
     long_runs: u32,
+    padded_width: u32,
+    padded_rows: u32,
     #[comptime] cin: usize,
     #[comptime] cout: usize,
     #[comptime] shape: TileShape,
@@ -759,7 +993,7 @@ pub fn conv3x3_tiles(
         comptime![(plan.tile_y, plan.units, plan.weight_row, plan.pad)];
     let run = run_of_tiles(height, long_runs, tile_y, comptime![plan.column]);
     let place = tile_at_row(
-        tile_place(width, height, tile_y, batched),
+        tile_place(width, height, padded_width, padded_rows, tile_y, batched),
         (run.first * comptime![tile_y as u32]) as i32,
     );
 
@@ -768,7 +1002,7 @@ pub fn conv3x3_tiles(
     let mut epilogue = SharedMemory::<f32>::new(comptime![2 * cout]);
     let mut staged = SharedMemory::<Half8>::new(comptime![plan.staged_vectors]);
 
-    if comptime![plan.ablate & Ablation::HALO == 0] {
+    if comptime![plan.load_halo] {
         let rows = comptime![plan.early_rows];
         let early = fetch_halo_rows(input, place, width, height, cin, pad, 0usize, rows, units);
         put_halo_rows(
@@ -968,7 +1202,11 @@ fn tile_steps(
         cin,
         pad,
         2usize,
-        comptime![if walks { plan.tile_y } else { 0 }],
+        comptime![if walks && plan.load_halo {
+            plan.tile_y
+        } else {
+            0
+        }],
         units,
     );
     #[unroll(plan.unroll_taps)]
@@ -991,7 +1229,20 @@ fn tile_steps(
             current = step % 2;
         }
         let start = current * buffer;
-        if comptime![ablate & Ablation::PRODUCTS == 0] {
+        if comptime![plan.blocked && ablate & Ablation::PRODUCTS == 0] {
+            multiply_tap_blocked(
+                input,
+                &staged.slice(start, start + buffer),
+                &acc,
+                place,
+                tap / 3,
+                tap % 3,
+                cin,
+                cout,
+                rows,
+                weight_row,
+            );
+        } else if comptime![ablate & Ablation::PRODUCTS == 0] {
             multiply_tap(
                 halo,
                 &staged.slice(start, start + buffer),
@@ -1042,7 +1293,7 @@ fn tile_steps(
             // last part's buffer: buffer 0 (the parts are odd), where the next tile's first
             // part goes. The other stays free for the epilogue.
             sync_cube();
-            if comptime![ablate & Ablation::HALO == 0] {
+            if comptime![plan.load_halo] {
                 put_halo_rows(
                     &next_rows,
                     halo,
@@ -1073,6 +1324,17 @@ fn tile_steps(
         height,
         comptime![plan.finish],
     );
+    if comptime![plan.blocked] {
+        zero_border(
+            output,
+            place,
+            width,
+            height,
+            cout,
+            comptime![plan.tile_y],
+            units,
+        );
+    }
     if comptime![walks] {
         // The epilogue's stage is the next tile's second buffer.
         sync_cube();
@@ -1114,6 +1376,10 @@ pub struct TilePlan {
     pub column: usize,
     pub ring: usize,
     pub ablate: u32,
+    /// Input operands read from a channel-blocked input in global memory
+    /// (`TileShape::blocked`); the halo is then neither loaded nor kept.
+    pub blocked: bool,
+    pub load_halo: bool,
     pub finish: TileFinish,
 }
 
@@ -1139,9 +1405,11 @@ impl TilePlan {
         let wide_in_buffer = wide == Some(WideStage::WeightBuffer);
         let wide_in_halo = wide == Some(WideStage::Halo);
         let ablate = shape.ablate;
+        let blocked = shape.uses_blocked(cin, cout);
+        let load_halo = !blocked && ablate & Ablation::HALO == 0;
         // With the late halo, the halo's last two rows, which the first row of taps (dy = 0)
         // does not read, are loaded while those taps multiply.
-        let late_halo = shape.late_halo && prefetch && ablate & Ablation::HALO == 0;
+        let late_halo = shape.late_halo && prefetch && load_halo;
         let (early_rows, late_rows) = if late_halo {
             (tile_y, 2)
         } else {
@@ -1170,7 +1438,11 @@ impl TilePlan {
                 (true, false) => buffer_vectors,
                 _ => 1,
             },
-            halo_vectors: halo_vectors(tile_y, cin, shape.pad),
+            halo_vectors: if blocked {
+                1
+            } else {
+                halo_vectors(tile_y, cin, shape.pad)
+            },
             f32_stage_vectors: if double_buffered || wide.is_some() {
                 1
             } else {
@@ -1181,6 +1453,8 @@ impl TilePlan {
             column,
             ring: if column > 1 { tile_y + 2 } else { 0 },
             ablate,
+            blocked,
+            load_halo,
             finish: TileFinish {
                 // With two buffers, the last part read buffer (parts - 1) % 2, and the other
                 // has been free since the barrier that ended the part before it; one buffer is
@@ -1193,6 +1467,7 @@ impl TilePlan {
                 double_buffered,
                 wide_in_buffer,
                 wide_in_halo,
+                blocked,
                 cout,
                 rows: shape.rows,
                 prelu,
@@ -1210,6 +1485,7 @@ pub struct TileFinish {
     double_buffered: bool,
     wide_in_buffer: bool,
     wide_in_halo: bool,
+    blocked: bool,
     cout: usize,
     rows: usize,
     prelu: bool,
@@ -1279,12 +1555,13 @@ fn store_finished(
             cout,
             rows,
             prelu,
+            comptime![finish.blocked],
         );
     } else if comptime![finish.wide_in_halo] {
         // Every plane must first be done reading the halo.
         sync_cube();
         store_tile_wide(
-            acc, halo, 0usize, epilogue, output, place, width, height, cout, rows, prelu,
+            acc, halo, 0usize, epilogue, output, place, width, height, cout, rows, prelu, false,
         );
     } else if comptime![finish.double_buffered] {
         store_tile_halves(
@@ -1434,6 +1711,7 @@ fn store_tile_wide(
     #[comptime] cout: usize,
     #[comptime] rows: usize,
     #[comptime] prelu: bool,
+    #[comptime] blocked: bool,
 ) {
     let m_frags = comptime![TILE_X as usize / 16];
     let n_frags = comptime![cout / 16];
@@ -1491,7 +1769,13 @@ fn store_tile_wide(
                         let value = f32::cast_from(sums[j]) + bias;
                         out[j] = f16::cast_from(prelu_if(value, slope, prelu));
                     }
-                    output[(place.frame_start + y * w + x) * vectors_out + v] = out;
+                    if comptime![blocked] {
+                        let block =
+                            blocked_at(place, place.frame, y as i32, x as i32, v / 2, n_frags);
+                        output[block * 2 + v % 2] = out;
+                    } else {
+                        output[(place.frame_start + y * w + x) * vectors_out + v] = out;
+                    }
                 }
             }
             sync_plane();
@@ -1574,7 +1858,7 @@ pub fn conv3x3_tiles_async(
     let tile_y = comptime![planes * rows];
     let units = comptime![32 * planes];
     let buffer = comptime![staged_halves(cin, cout, weight_row) / 8];
-    let place = tile_place(width, height, tile_y, batched);
+    let place = tile_place(width, height, 0u32, 0u32, tile_y, batched);
 
     let mut halo = SharedMemory::<Half8>::new(comptime![halo_vectors(tile_y, cin, pad)]);
     let mut stage = SharedMemory::<Float4>::new(comptime![planes * 64]);
@@ -1771,6 +2055,10 @@ pub struct TileShape {
     pub double_buffered: bool,
     pub tma: bool,
     pub wide_epilogue: bool,
+    /// The synchronous kernel reads its input operands straight from global memory, where
+    /// activations are channel-blocked (`BlockedLayout`), and keeps no halo in shared memory,
+    /// where `uses_blocked` allows; the engine decides for the whole network.
+    pub blocked: bool,
 }
 
 /// How a tap's weights lie in shared memory (`operand_vector`).
@@ -1875,6 +2163,20 @@ impl TileShape {
         }
     }
 
+    /// Whether `blocked` can hold for a layer of `cin` inputs and `cout` outputs: the
+    /// synchronous kernel with the prefetch, whole taps and the wide epilogue staged in a weight
+    /// buffer (the halo it would otherwise use is gone).
+    pub fn uses_blocked(&self, cin: usize, cout: usize) -> bool {
+        let synchronous = !self.asynchronous && !self.mma;
+        self.blocked
+            && synchronous
+            && self.weights_shared
+            && self.prefetch
+            && !self.late_halo
+            && self.splits_for(cin) == 1
+            && self.wide_stage_for(cin, cout) == Some(WideStage::WeightBuffer)
+    }
+
     /// Tiles across `frames` pictures of `width` × `height` side by side, and tiles down.
     fn tiles(&self, width: usize, height: usize, frames: usize) -> (usize, usize) {
         (
@@ -1970,9 +2272,12 @@ pub fn tail<F: Float>(
     keep_w: u32,
     keep_h: u32,
     frames: u32,
+    padded_width: u32,
+    padded_rows: u32,
     #[comptime] scale: usize,
     #[comptime] packed: bool,
     #[comptime] batched: bool,
+    #[comptime] blocked: bool,
 ) {
     let index = ABSOLUTE_POS;
     let kw = keep_w as usize;
@@ -2000,8 +2305,21 @@ pub fn tail<F: Float>(
         let mut word = 0u32;
         #[unroll]
         for c in 0..3usize {
-            let r =
-                f32::cast_from(residual[(frame * plane + at) * channels + c * scale * scale + sub]);
+            let channel = c * scale * scale + sub;
+            let mut from = (frame * plane + at) * channels + channel;
+            if comptime![blocked] {
+                let block = blocked_index(
+                    frame,
+                    sy as i32,
+                    sx as i32,
+                    channel / 16,
+                    comptime![channels / 16],
+                    padded_width,
+                    padded_rows,
+                );
+                from = block * 16 + channel % 16;
+            }
+            let r = f32::cast_from(residual[from]);
             let v = clamp(r + input[(frame * 3 + c) * plane + at], 0.0, 1.0);
             if comptime![packed] {
                 word |= u32::cast_from(f32::floor(v * 255.0 + 0.5)) << (8 * c) as u32;
@@ -2020,6 +2338,40 @@ mod tests {
     use super::*;
     use crate::kernels::engine::WGPU_SHAPE;
 
+    /// Vulkan's kernel with its halo in shared memory: what runs where the blocked layout
+    /// cannot.
+    const HALO_SHAPE: TileShape = TileShape {
+        rows: 1,
+        column: 12,
+        blocked: false,
+        ..WGPU_SHAPE
+    };
+
+    #[test]
+    fn blocked_operands_leave_room_for_two_rows_a_plane() {
+        let limit = 48 * 1024;
+        assert!(WGPU_SHAPE.uses_blocked(64, 64) && WGPU_SHAPE.uses_blocked(64, 48));
+        assert!(WGPU_SHAPE.shared_bytes(64, 64) <= limit);
+        let plan = TilePlan::new(WGPU_SHAPE, 64, 64, true);
+        assert!(plan.blocked && !plan.load_halo && plan.finish.wide_in_buffer);
+        // Without the blocked layout, the same tile's halo does not fit.
+        let halo = TileShape {
+            blocked: false,
+            ..WGPU_SHAPE
+        };
+        assert!(halo.shared_bytes(64, 64) > limit);
+        // The wide epilogue's stage needs a weight buffer, so 32 inputs keep the halo.
+        assert!(!WGPU_SHAPE.uses_blocked(32, 32));
+        assert!(!TilePlan::new(WGPU_SHAPE, 32, 32, true).blocked);
+        // 640x480 in tiles of 32 x 8: rows of 642 pixels and frames of 482 rows, borders
+        // included.
+        let layout = BlockedLayout::new(640, 480, 8);
+        assert_eq!((layout.padded_width, layout.padded_rows), (642, 482));
+        let odd = BlockedLayout::new(37, 29, 8);
+        assert_eq!((odd.padded_width, odd.padded_rows), (66, 34));
+        assert_eq!(odd.halves(3, 64), 3 * 34 * 66 * 64);
+    }
+
     #[test]
     fn head_units_share_every_output_quad_evenly() {
         for cout in (HEAD_QUAD..=256).step_by(HEAD_QUAD) {
@@ -2036,12 +2388,12 @@ mod tests {
     #[test]
     fn vulkan_shapes_fit_48_kib_as_measured() {
         let limit = 48 * 1024;
-        assert!(WGPU_SHAPE.shared_bytes(64, 64) <= limit);
+        assert!(HALO_SHAPE.shared_bytes(64, 64) <= limit);
         let two_by_three = TileShape {
             rows: 2,
             planes: 3,
             double_buffered: false,
-            ..WGPU_SHAPE
+            ..HALO_SHAPE
         };
         assert!(two_by_three.shared_bytes(64, 64) <= limit);
         let without_wide = TileShape {
@@ -2057,7 +2409,7 @@ mod tests {
                 rows,
                 planes,
                 splits: 2,
-                ..WGPU_SHAPE
+                ..HALO_SHAPE
             };
             assert!(split.shared_bytes(64, 64) <= limit, "{rows} x {planes}");
         }
@@ -2065,7 +2417,7 @@ mod tests {
 
     #[test]
     fn columns_shorten_for_small_pictures_and_walk_only_where_buffers_allow() {
-        let shape = |width, height, frames| WGPU_SHAPE.for_picture(width, height, frames);
+        let shape = |width, height, frames| HALO_SHAPE.for_picture(width, height, frames);
         assert_eq!(shape(1920, 1080, 1).column, 12);
         // 20 tiles across, 120 down: 5 a cube is the longest column that keeps 480 cubes.
         assert_eq!(shape(640, 480, 1).column, 5);
@@ -2112,7 +2464,7 @@ mod tests {
         let runs = |singles, (w, h), column| {
             TileShape {
                 singles,
-                ..WGPU_SHAPE
+                ..HALO_SHAPE
             }
             .column_runs(w, h, 1, column)
         };

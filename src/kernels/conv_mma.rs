@@ -211,7 +211,7 @@ pub fn conv3x3_mma(
     let tile_y = comptime![planes * rows];
     let units = comptime![32 * planes];
     let buffer = comptime![cin / 16 * cout / 16 * 32];
-    let place = tile_place(width, height, tile_y, batched);
+    let place = tile_place(width, height, 0u32, 0u32, tile_y, batched);
 
     let mut halo = SharedMemory::<Half8>::new(comptime![halo_vectors(tile_y, cin, pad)]);
     let mut staged = SharedMemory::<Half8>::new(comptime![2 * buffer]);
@@ -373,7 +373,7 @@ pub fn conv3x3_mma_tma(
     let units = comptime![32 * planes];
     let buffer = comptime![cin / 16 * cout / 16 * 32];
     let halo_size = comptime![halo_vectors(tile_y, cin, pad)];
-    let place = tile_place(width, height, tile_y, batched);
+    let place = tile_place(width, height, 0u32, 0u32, tile_y, batched);
     let mut frame = 0i32;
     if comptime![batched] {
         frame = CUBE_POS_Z as i32;

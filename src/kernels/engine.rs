@@ -8,7 +8,7 @@ use cubecl::{calculate_cube_count_elemwise, CubeElement};
 use half::f16;
 use std::time::{Duration, Instant};
 
-use super::conv::{self, TileShape, WeightLayout, TILE_X};
+use super::conv::{self, BlockedLayout, TileShape, WeightLayout, TILE_X};
 use super::conv_mma;
 use super::picture;
 use super::srvgg::Srvgg;
@@ -122,14 +122,17 @@ unsafe fn half_tensor_map<R: Runtime>(
 /// where the device has Hopper's tensor memory accelerator (else `conv_mma::conv3x3_mma`, its
 /// copies by `cp.async`), 2 rows x 4 planes, each tap's weights copied into one of two buffers
 /// of packed operands, the taps in a loop (faster than unrolled with these copies); through
-/// wgpu (over Vulkan, whose 48 KiB of shared memory holds no more, and which has no
-/// asynchronous copies), `conv3x3_tiles`, 1 row x 4 planes, each unit fetching its share of the
-/// next tap's weights into registers before this tap's multiplies and storing it into the
-/// second of two buffers (one matrix with padded rows, the only layout two of which fit), one
+/// wgpu (over Vulkan, which has 48 KiB of shared memory and no asynchronous copies),
+/// `conv3x3_tiles`, 2 rows x 4 planes, its input operands read straight from channel-blocked
+/// activations in global memory, with no halo in shared memory ("Operands read from global
+/// memory"; without that layout, 1 row x 4 planes is the largest tile whose halo fits), each
+/// unit fetching its share of the next tap's weights into registers before this tap's
+/// multiplies and storing it into the second of two buffers (one matrix with padded rows), one
 /// barrier a tap, the taps unrolled ("Where Vulkan's time goes"), its outputs stored 16 pixels
-/// at a time through the free buffer, each cube computing up to 12 tiles down a column ("Cubes
+/// at a time through the free buffer, each cube computing up to 4 tiles down a column ("Cubes
 /// that walk down a column"), about 240 tiles at the bottom of the columns left to cubes of one
-/// tile each ("A layer's last cubes"). Both pad a pixel's channels by 8 halves.
+/// tile each ("A layer's last cubes"). Both pad a pixel's channels by 8 halves where they
+/// stage a halo.
 pub const CUDA_SHAPE: TileShape = TileShape {
     rows: 2,
     planes: 4,
@@ -148,9 +151,10 @@ pub const CUDA_SHAPE: TileShape = TileShape {
     late_halo: false,
     column: 1,
     singles: 0,
+    blocked: false,
 };
 pub const WGPU_SHAPE: TileShape = TileShape {
-    rows: 1,
+    rows: 2,
     planes: 4,
     unroll_taps: true,
     pad: 8,
@@ -165,8 +169,9 @@ pub const WGPU_SHAPE: TileShape = TileShape {
     splits: 1,
     ablate: 0,
     late_halo: false,
-    column: 12,
+    column: 4,
     singles: 240,
+    blocked: true,
 };
 
 /// A measurement knob: the environment variable `name` as a number, else `default`.
@@ -231,6 +236,7 @@ fn tile_shape<R: Runtime>(
         late_halo: knob("UPFRAME_CONV_LATE_HALO", preferred.late_halo as usize) != 0,
         column: knob("UPFRAME_CONV_COLUMN", preferred.column),
         singles: knob("UPFRAME_CONV_SINGLES", preferred.singles),
+        blocked: preferred.blocked && knob("UPFRAME_CONV_BLOCKED", 1) != 0,
     };
     // One box a side holds at most 256 elements: the halo's pixel, a tap's weight rows.
     let boxes_fit = cin + asked.pad <= 256 && cin * cout <= 256 * conv_mma::WEIGHT_ROW;
@@ -274,7 +280,21 @@ impl<R: Runtime> Engine<R> {
             net.layers[1..].iter().map(f).max().unwrap_or(16)
         };
         let preferred = shape;
-        let shape = tile_shape(&client, shape, widest(|l| l.cin), widest(|l| l.cout));
+        let fitted = |shape| tile_shape(&client, shape, widest(|l| l.cin), widest(|l| l.cout));
+        let shape = fitted(shape);
+        // One layout between all layers: blocked only where every convolution reads it.
+        let blocked = tensor_cores
+            && net.layers[1..]
+                .iter()
+                .all(|l| shape.uses_blocked(l.cin, l.cout));
+        let shape = if shape.blocked && !blocked {
+            fitted(TileShape {
+                blocked: false,
+                ..preferred
+            })
+        } else {
+            shape
+        };
         let floats = |v: &[f32]| client.create_from_slice(f32::as_bytes(v));
         let halves = |v: &[f32]| {
             let v: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
@@ -400,7 +420,18 @@ impl<R: Runtime> Engine<R> {
         let pixels = width * height * frames;
         let (h, w, n) = (height as u32, width as u32, frames as u32);
         let head = &self.layers[0];
-        let mut x = client.empty(pixels * head.cout * size_of::<F>());
+        let blocked = self.tensor_cores && self.shape.blocked;
+        let layout = BlockedLayout::new(width, height, self.shape.rows * self.shape.planes);
+        let (pw, pr) = match blocked {
+            true => (layout.padded_width as u32, layout.padded_rows as u32),
+            false => (0, 0),
+        };
+        // Elements of an activation buffer of `channels`.
+        let activations = |channels: usize| match blocked {
+            true => layout.halves(frames, channels),
+            false => pixels * channels,
+        };
+        let mut x = client.empty(activations(head.cout) * size_of::<F>());
         let cube = CubeDim::new_1d(256);
         if self.left_out & LeftOut::HEAD == 0 {
             let (split, px) = conv::head_units(head.cout);
@@ -414,15 +445,18 @@ impl<R: Runtime> Engine<R> {
                     ArrayArg::from_raw_parts(head.weight.clone(), 9 * head.cin * head.cout / 4),
                     ArrayArg::from_raw_parts(head.bias.clone(), head.cout),
                     ArrayArg::from_raw_parts(head.slope.clone(), head.cout),
-                    ArrayArg::from_raw_parts(x.clone(), pixels * head.cout / 4),
+                    ArrayArg::from_raw_parts(x.clone(), activations(head.cout) / 4),
                     h,
                     w,
                     n,
+                    pw,
+                    pr,
                     head.cin,
                     head.cout,
                     split,
                     px,
                     frames > 1,
+                    blocked,
                 )
             };
         }
@@ -431,7 +465,7 @@ impl<R: Runtime> Engine<R> {
             _ => &[],
         };
         for layer in convolutions {
-            let y = client.empty(pixels * layer.cout * size_of::<F>());
+            let y = client.empty(activations(layer.cout) * size_of::<F>());
             // Safety: each length is the element count of the buffer created for it above.
             let params = unsafe {
                 (
@@ -451,12 +485,12 @@ impl<R: Runtime> Engine<R> {
                 // Safety: 16-byte vectors, 8 halves each; channel counts are multiples of 16.
                 let (input, weight, output) = unsafe {
                     (
-                        ArrayArg::from_raw_parts(x.clone(), pixels * layer.cin / 8),
+                        ArrayArg::from_raw_parts(x.clone(), activations(layer.cin) / 8),
                         ArrayArg::from_raw_parts(
                             layer.weight.clone(),
                             9 * layer.cin * layer.cout / 8,
                         ),
-                        ArrayArg::from_raw_parts(y.clone(), pixels * layer.cout / 8),
+                        ArrayArg::from_raw_parts(y.clone(), activations(layer.cout) / 8),
                     )
                 };
                 let (bias, slope) = (params.1, params.2);
@@ -573,6 +607,8 @@ impl<R: Runtime> Engine<R> {
                             h,
                             w,
                             runs.long_runs as u32,
+                            pw,
+                            pr,
                             cin,
                             cout,
                             shape,
@@ -620,7 +656,7 @@ impl<R: Runtime> Engine<R> {
         let last = self.layers.last().expect("a recognised network has layers");
         if convolutions.is_empty() {
             // The tail reads a buffer of the last convolution's size.
-            x = client.empty(pixels * last.cout * size_of::<F>());
+            x = client.empty(activations(last.cout) * size_of::<F>());
         }
         if self.left_out & LeftOut::TAIL == 0 {
             unsafe {
@@ -628,7 +664,7 @@ impl<R: Runtime> Engine<R> {
                     client,
                     calculate_cube_count_elemwise(client, kept, cube),
                     cube,
-                    ArrayArg::from_raw_parts(x.clone(), pixels * last.cout),
+                    ArrayArg::from_raw_parts(x.clone(), activations(last.cout)),
                     ArrayArg::from_raw_parts(input.clone(), 3 * pixels),
                     ArrayArg::from_raw_parts(rgb.clone(), rgb_len),
                     ArrayArg::from_raw_parts(out_planes.clone(), planes_len),
@@ -639,9 +675,12 @@ impl<R: Runtime> Engine<R> {
                     kw as u32,
                     kh as u32,
                     n,
+                    pw,
+                    pr,
                     self.scale,
                     packed,
                     frames > 1,
+                    blocked,
                 )
             };
         }
@@ -731,6 +770,13 @@ impl<R: Runtime> Engine<R> {
             }
             if s.pad != p.pad {
                 variants += &format!(", channels padded by {}", s.pad);
+            }
+            if s.blocked != p.blocked {
+                variants += if s.blocked {
+                    ", operands read from global memory"
+                } else {
+                    ", operands read from the halo in shared memory"
+                };
             }
             if s.tma != p.tma {
                 variants += if s.tma {
